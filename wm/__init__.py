@@ -1,0 +1,18 @@
+"""wm: the library behind wm-study, a reproducible study of neural-network watermarking.
+
+This file stays import-light (standard library only) because `python3 -m wm` must start on a
+bare interpreter, create the project's virtual environment and only then import torch.
+"""
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository root: notebooks/, book/ and data/ are found relative to it."""
+
+STUDIES = ("image_processing", "null_embedding", "watermas")
+"""The three papers' studies, the values of the results table's `study` column."""
+
+PROFILES = ("smoke", "cpu", "gpu")
+"""Concrete profiles; `auto` resolves to `gpu` when CUDA is available, else `cpu`."""

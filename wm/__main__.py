@@ -1,0 +1,123 @@
+"""Command line: `python3 -m wm {book,test,run,data,setup}`.
+
+Every command first makes sure it runs inside the project's environment (see wm._setup):
+from a bare `python3` on a fresh clone it builds `.venv/` from the pins and re-executes itself
+there. Usage errors are caught before that, so they cost nothing and write nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from wm import PROFILES, ROOT
+from wm import _setup, runner
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, as for every usage error
+        sys.exit(_usage_exit(message))
+
+
+def _usage_exit(message: str) -> int:
+    print(f"wm: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m wm", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="execute one study notebook with papermill")
+    r.add_argument("study", help="a notebook name in notebooks/ (without .ipynb)")
+    r.add_argument("--profile", default="auto", help=f"{', '.join(PROFILES)} or auto (default)")
+    r.add_argument("-p", dest="params", nargs=2, action="append", default=[],
+                   metavar=("NAME", "VALUE"), help="override one notebook parameter")
+    r.add_argument("--out", type=Path, default=None,
+                   help="folder for the executed notebook (default book/; results then go to "
+                        "data/results/, otherwise to OUT/results/)")
+
+    b = sub.add_parser("book", help="execute every notebook into book/ and build the HTML book")
+    b.add_argument("--profile", default="auto")
+    b.add_argument("--no-run", action="store_true",
+                   help="build from the executed notebooks already in book/")
+    b.add_argument("--path-output", type=Path, default=ROOT,
+                   help="where _build/ goes (default: the repository root)")
+
+    t = sub.add_parser("test", help="run the test suite (extra arguments go to pytest)")
+    t.add_argument("pytest_args", nargs=argparse.REMAINDER)
+
+    sub.add_parser("data", help="obtain and verify the data sets")
+    sub.add_parser("setup", help="create the environment and obtain the data, nothing else")
+    return p
+
+
+def build_book(path_output: Path) -> Path:
+    """`jupyter-book build` with warnings as errors; returns the path of index.html."""
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe), "build", str(ROOT), "--path-output", str(path_output), "-W", "--keep-going"]
+    if subprocess.run(cmd).returncode != 0:
+        sys.exit("wm: the book build failed (warnings count as errors); see the messages above")
+    return path_output / "_build" / "html" / "index.html"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+
+    if args.command == "run":  # validate before building anything
+        try:
+            runner.check_request(args.study, args.profile, dict(args.params))
+        except runner.UsageError as err:
+            return _usage_exit(str(err))
+    if args.command == "book" and args.profile not in (*PROFILES, "auto"):
+        return _usage_exit(f"unknown profile {args.profile!r}")
+
+    if not _setup.in_project_env():
+        _setup.reexec_in_venv(argv)
+
+    from wm import data  # inside the environment from here on
+
+    if args.command in ("data", "setup", "test", "book"):
+        try:
+            where = data.ensure_fashion_mnist()
+        except data.DataError as err:
+            print(f"wm: {err}", file=sys.stderr)
+            return 1
+        print(f"wm: Fashion-MNIST verified in {where}", file=sys.stderr)
+
+    if args.command == "test":
+        return subprocess.run([sys.executable, "-m", "pytest", *args.pytest_args], cwd=ROOT).returncode
+
+    if args.command == "run":
+        try:
+            path = runner.run(args.study, args.profile, dict(args.params), args.out)
+        except runner.UsageError as err:
+            return _usage_exit(str(err))
+        except RuntimeError as err:
+            print(f"wm: {err}", file=sys.stderr)
+            return 1
+        print(f"wm: wrote {path}", file=sys.stderr)
+
+    if args.command == "book":
+        if not args.no_run:
+            # the comparison reads the studies' tables, so it runs last
+            for study in sorted(runner.studies(), key=lambda s: s == "comparison"):
+                start = time.perf_counter()
+                print(f"wm: executing {study} ({args.profile})", file=sys.stderr, flush=True)
+                try:
+                    runner.run(study, args.profile)
+                except (runner.UsageError, RuntimeError) as err:
+                    print(f"wm: {err}", file=sys.stderr)
+                    return 1
+                print(f"wm: {study} done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        index = build_book(args.path_output)
+        print(f"wm: the book is at {index}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

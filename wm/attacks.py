@@ -1,0 +1,125 @@
+"""Removal attacks every study shares. Each returns a new model and leaves its input untouched.
+
+What the weight-space attacks touch: the weights of convolutions and linear layers, the tensors
+that carry what a network has learnt (and where white-box watermarks live). Biases and
+normalisation parameters are left alone, as in the pruning and quantization literature the
+studies follow; `attacked_weights` lists exactly which tensors count.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as tprune
+
+from wm.train import TrainConfig, fit, predict
+
+WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
+
+
+def attacked_weights(model: nn.Module) -> list[tuple[nn.Module, str]]:
+    """(module, "weight") for every convolution and linear layer, in model order."""
+    return [(m, "weight") for m in model.modules() if isinstance(m, WEIGHT_LAYERS)]
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    clone = copy.deepcopy(model)
+    clone.eval()
+    return clone
+
+
+def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: float = 1, lr: float = 0.01,
+             fraction: float = 0.1, seed: int = 0, **train_kw) -> nn.Module:
+    """Fine-tune a copy on a seeded random FRACTION of (X, Y) for EPOCHS at learning rate LR.
+
+    The attacker's budget is the fraction of the training data it holds; extra keyword
+    arguments go to TrainConfig (optimizer, batch_size, schedule, ...).
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction={fraction} must be in (0, 1]")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(x), generator=g)[:max(1, round(fraction * len(x)))].to(x.device)
+    attacked = _copy(model)
+    train_kw.setdefault("schedule", "constant")  # an attacker fine-tunes at a fixed rate unless told otherwise
+    fit(attacked, x[idx], y[idx], TrainConfig(epochs=epochs, lr=lr, seed=seed, **train_kw))
+    return attacked
+
+
+def prune(model: nn.Module, amount: float, scope: str = "global") -> nn.Module:
+    """Magnitude pruning of a copy with torch.nn.utils.prune, made permanent.
+
+    `global`: the smallest AMOUNT of all attacked weights together are zeroed;
+    `layer`: the smallest AMOUNT of each layer's weights.
+    """
+    if not 0 <= amount <= 1:
+        raise ValueError(f"amount={amount} must be in [0, 1]")
+    if scope not in ("global", "layer"):
+        raise ValueError(f"scope={scope!r} must be 'global' or 'layer'")
+    attacked = _copy(model)
+    targets = attacked_weights(attacked)
+    if amount > 0:
+        if scope == "global":
+            tprune.global_unstructured(targets, pruning_method=tprune.L1Unstructured, amount=amount)
+        else:
+            for module, name in targets:
+                tprune.l1_unstructured(module, name, amount=amount)
+        for module, name in targets:
+            tprune.remove(module, name)  # bake the mask into the weight: a plain model again
+    return attacked
+
+
+@torch.no_grad()
+def quantize(model: nn.Module, bits: int) -> nn.Module:
+    """Per-tensor min-max uniform quantization of a copy's weights to BITS bits (then dequantized).
+
+    Each tensor's [min, max] is cut into 2**bits − 1 equal steps and every weight is rounded to
+    the nearest level, so a tensor holds at most 2**bits distinct values afterwards.
+    """
+    if not isinstance(bits, int) or not 1 <= bits <= 32:
+        raise ValueError(f"bits={bits!r} must be an integer in 1..32")
+    attacked = _copy(model)
+    for module, name in attacked_weights(attacked):
+        w = getattr(module, name)
+        lo, hi = w.min(), w.max()
+        scale = (hi - lo) / (2 ** bits - 1)
+        if scale > 0:
+            w.copy_(torch.round((w - lo) / scale) * scale + lo)
+    return attacked
+
+
+@torch.no_grad()
+def weight_noise(model: nn.Module, k: float, seed: int = 0) -> nn.Module:
+    """Add Gaussian noise of standard deviation K × (that layer's weight std) to a copy's weights."""
+    if k < 0:
+        raise ValueError(f"k={k} must be ≥ 0")
+    attacked = _copy(model)
+    g = torch.Generator().manual_seed(seed)
+    for module, name in attacked_weights(attacked):
+        w = getattr(module, name)
+        noise = torch.randn(w.shape, generator=g).to(w.device, w.dtype)
+        w.add_(noise * k * w.std())
+    return attacked
+
+
+def distill(teacher: nn.Module, student: nn.Module, x: torch.Tensor, epochs: float = 5,
+            lr: float = 0.05, temperature: float = 4.0, mode: str = "soft", seed: int = 0,
+            **train_kw) -> nn.Module:
+    """Train a copy of a freshly initialised STUDENT on TEACHER's outputs for inputs X.
+
+    `soft`: classifiers, the student matches the teacher's softmax at TEMPERATURE (Hinton et
+    al.'s loss, scaled by T²); the attacker needs no labels. `mse` / `l1`: image-to-image
+    models, the student regresses the teacher's output images (a surrogate model).
+    """
+    if mode not in ("soft", "mse", "l1"):
+        raise ValueError(f"mode={mode!r} must be 'soft', 'mse' or 'l1'")
+    targets = predict(teacher, x)
+    if mode == "soft":
+        targets = torch.softmax(targets / temperature, dim=1)
+    pupil = copy.deepcopy(student)
+    pupil.train()
+    loss = {"soft": "soft_ce", "mse": "mse", "l1": "l1"}[mode]
+    fit(pupil, x, targets, TrainConfig(epochs=epochs, lr=lr, seed=seed, loss=loss,
+                                       temperature=temperature, **train_kw))
+    return pupil

@@ -1,0 +1,32 @@
+"""One seaborn theme for the whole book, and figures saved beside the chapters.
+
+Every figure is shown in its notebook and also saved as PNG under `$WM_FIGURES_DIR` (the runner
+sets it to OUT/figures/, book/figures/ for published runs), so the comparison chapter and
+readers can use the files without re-running anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from wm import ROOT
+
+
+def set_theme() -> None:
+    import seaborn as sns
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+
+
+def figures_dir() -> Path:
+    return Path(os.environ.get("WM_FIGURES_DIR") or ROOT / "book" / "figures")
+
+
+def save(fig, name: str) -> Path:
+    """Save FIG as <figures_dir>/<name>.png (atomically) and return the path."""
+    path = figures_dir() / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{name}.{os.getpid()}.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,145 @@
+"""The tidy results table of DESIGN.md: one row per measured number, one CSV per study.
+
+`data/results/<study>.csv` holds the rows and `<study>.json` beside it the provenance (commit,
+device, versions, parameters, start and wall time). Both are written atomically (a temporary
+file in the same folder, then os.replace): a killed run never leaves half a table. The folder
+is `$WM_RESULTS_DIR` when set (the runner sets it: data/results/ for runs published into the
+book, OUT/results/ for any other run) and the repository's data/results/ otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from wm import PROFILES, ROOT, STUDIES, __version__
+
+COLUMNS = ("study", "method", "model", "experiment", "attack", "strength", "seed", "metric", "value", "profile")
+ATTACKS = ("none", "finetune", "prune", "quantize", "noise", "distill", "surrogate", "overwrite",
+           "piracy", "transfer")
+METRICS = ("test_acc", "wm_acc_null", "wm_acc_true", "verified", "ber", "psnr", "ssim", "nc", "nc_raw",
+           "success_rate", "bit_acc", "sharpness", "seconds")
+RATES = {"test_acc", "wm_acc_null", "wm_acc_true", "verified", "ber", "success_rate", "bit_acc"}
+EXAMPLE_STUDY = "quickstart"  # the pipeline's demonstration notebook, until the studies exist
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("WM_RESULTS_DIR") or ROOT / "data" / "results")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write TEXT to PATH so that readers see the old file or the new one, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def device_name() -> str:
+    """The GPU's name where CUDA is used, else the CPU model and the threads torch uses."""
+    import torch
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU ({cpu}, {torch.get_num_threads()} threads)"
+
+
+def provenance(parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where and how a number was made: commit, device, versions, parameters, start time."""
+    import numpy
+    import torch
+    import torchvision
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "torchvision": torchvision.__version__, "numpy": numpy.__version__, "wm": __version__}
+    return {
+        "commit": _git("rev-parse", "HEAD") or "unknown",
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "device": device_name(),
+        "versions": versions,
+        "parameters": dict(parameters or {}),
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "argv": sys.argv,
+    }
+
+
+class Results:
+    """Rows of one study's table; `save` writes the CSV and its provenance sidecar."""
+
+    def __init__(self, study: str, profile: str, parameters: dict[str, Any] | None = None):
+        if study not in (*STUDIES, EXAMPLE_STUDY):
+            raise ValueError(f"unknown study {study!r}: choose from {', '.join(STUDIES)}")
+        if profile not in PROFILES:
+            raise ValueError(f"profile {profile!r} must be one of {', '.join(PROFILES)} (resolve auto first)")
+        self.study, self.profile = study, profile
+        self.rows: list[dict[str, Any]] = []
+        self.provenance = provenance(parameters)
+        self._start = time.perf_counter()
+
+    def add(self, *, method: str, model: str, experiment: str, metric: str, value: float,
+            seed: int, attack: str = "none", strength: float | int | str | None = None) -> None:
+        """One measured number; the column values are checked against DESIGN.md's vocabulary."""
+        if attack not in ATTACKS:
+            raise ValueError(f"unknown attack {attack!r}: choose from {', '.join(ATTACKS)}")
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}: choose from {', '.join(METRICS)}")
+        value = float(value)
+        if metric in RATES and not math.isnan(value) and not 0 <= value <= 1:
+            raise ValueError(f"{metric}={value} is a rate and must lie in [0, 1]")
+        if attack == "none" and strength not in (None, ""):
+            raise ValueError("an unattacked row has no strength")
+        self.rows.append({"study": self.study, "method": method, "model": model, "experiment": experiment,
+                          "attack": attack, "strength": "" if strength is None else strength,
+                          "seed": int(seed), "metric": metric, "value": value, "profile": self.profile})
+
+    def frame(self):
+        import pandas as pd
+        return pd.DataFrame(self.rows, columns=list(COLUMNS))
+
+    def save(self, directory: str | Path | None = None) -> Path:
+        """Write <dir>/<study>.csv and <dir>/<study>.json atomically; return the CSV's path."""
+        directory = Path(directory) if directory is not None else results_dir()
+        csv_path = directory / f"{self.study}.csv"
+        atomic_write_text(csv_path, self.frame().to_csv(index=False, float_format="%.10g", lineterminator="\n"))
+        prov = dict(self.provenance, profile=self.profile, rows=len(self.rows),
+                    wall_seconds=round(time.perf_counter() - self._start, 1))
+        atomic_write_text(csv_path.with_suffix(".json"), json.dumps(prov, indent=2, sort_keys=True) + "\n")
+        return csv_path
+
+
+def load(study: str, directory: str | Path | None = None):
+    """A study's table as a DataFrame (strength kept as text: it mixes numbers and blanks)."""
+    import pandas as pd
+    path = (Path(directory) if directory is not None else results_dir()) / f"{study}.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results table at {path}: run `python -m wm run {study}` first")
+    return pd.read_csv(path, dtype={"strength": str}, keep_default_na=False,
+                       converters={"value": float})
