@@ -12,11 +12,13 @@ killed run never leaves a half-executed chapter in `book/`.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import importlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -122,6 +124,36 @@ def results_dir_for(out: Path) -> Path:
     return ROOT / "data" / "results" if out.resolve() == BOOK.resolve() else out / "results"
 
 
+def _kernel_for_this_interpreter(folder: Path) -> str:
+    """Register, in FOLDER, a kernelspec that runs this very interpreter; return its name.
+
+    The stock `python3` kernelspec is looked up on Jupyter's search path, where a user-level
+    one (~/.local/share/jupyter) would win and could run another Python without `wm` or with
+    other versions. FOLDER goes first on that path through JUPYTER_PATH (see `run`).
+    """
+    spec = folder / "kernels" / "wm-python"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (wm)", "language": "python"}))
+    return "wm-python"
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """Set environment variables for the kernel papermill starts, and restore them after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _banner(prov: dict[str, Any], study: str) -> str:
     minutes, seconds = divmod(round(prov["wall_seconds"]), 60)
     dirty = " (with uncommitted changes)" if prov["dirty"] else ""
@@ -152,18 +184,18 @@ def run(study: str, profile: str = "auto", params: dict[str, str] | None = None,
     from wm.results import provenance
 
     out = Path(out) if out is not None else BOOK
-    results = results_dir_for(out)
-    # The kernel inherits these: wm.results and wm.plots read them.
-    os.environ["WM_RESULTS_DIR"] = str(results)
-    os.environ["WM_FIGURES_DIR"] = str(out / "figures")
     prov = dict(provenance(values), profile=profile, study=study)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix=f"wm-{study}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"wm-{study}-") as tmp, _environ(
+            # the kernel inherits these: wm.results and wm.plots read the first two
+            WM_RESULTS_DIR=str(results_dir_for(out)), WM_FIGURES_DIR=str(out / "figures"),
+            JUPYTER_PATH=os.pathsep.join(p for p in (tmp, os.environ.get("JUPYTER_PATH")) if p)):
         executed = Path(tmp) / f"{study}.ipynb"
+        kernel = _kernel_for_this_interpreter(Path(tmp))
         try:
             papermill.execute_notebook(
                 str(src), str(executed), parameters={"profile": profile, **values},
-                kernel_name="python3", cwd=str(ROOT), progress_bar=not quiet,
+                kernel_name=kernel, cwd=str(ROOT), progress_bar=not quiet,
                 log_output=False, execution_timeout=None, request_save_on_cell_execute=False)
         except papermill.PapermillExecutionError as err:
             failed = Path(tempfile.gettempdir()) / f"wm-{study}-failed.ipynb"
@@ -173,6 +205,8 @@ def run(study: str, profile: str = "auto", params: dict[str, str] | None = None,
                                f"(the executed notebook is kept at {failed})") from None
         prov["wall_seconds"] = time.perf_counter() - started
         nb = nbformat.read(executed, as_version=4)
+        # readers open the chapter with their own Python: keep the source's kernelspec
+        nb.metadata["kernelspec"] = nbformat.read(src, as_version=4).metadata["kernelspec"]
         nb.metadata["wm_provenance"] = prov
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(_banner(prov, study)))
         out.mkdir(parents=True, exist_ok=True)
