@@ -60,7 +60,7 @@ class Config(StudyConfig):
 # The attack grid: each attack's knob from harmless to destructive.
 PRUNE_AMOUNTS = (0.1, 0.3, 0.5, 0.7, 0.9)
 QUANT_BITS = (8, 6, 4, 3, 2)
-NOISE_K = (0.5, 1.0, 2.0, 4.0)
+NOISE_K = (0.1, 0.25, 0.5, 1.0, 2.0)
 FINETUNE_LRS = (0.001, 0.01, 0.05)
 
 

@@ -14,7 +14,6 @@ import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -87,7 +86,6 @@ def provenance(parameters: dict[str, Any] | None = None) -> dict[str, Any]:
         "versions": versions,
         "parameters": dict(parameters or {}),
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "argv": sys.argv,
     }
 
 
