@@ -1,0 +1,329 @@
+"""Null embedding (Li, Wenger, Shan, Zhao, Zheng: Piracy Resistant Watermarks for DNNs).
+
+The owner signs a verifier string (owner id + timestamp) with a real Ed25519 key; SHA-256 of
+the signature, under one domain tag per field, gives the watermark: a target label y_W, an
+n×n bit pattern and its position. Training from scratch then sees three streams each step:
+clean images; the same images *null*-stamped (bit 1 → +λ, bit 0 → −λ, true label kept), which
+teaches the model to ignore the pattern; and the same images *true*-stamped with the inverted
+pattern and relabelled y_W, which gives the verifiable behaviour. Verification checks the
+signature first, regenerates the pattern from it and measures both accuracies on held-out
+test images against a threshold T.
+
+What the sources fix and what this module chose (see ../shared/papers/paper2-null-embedding.md):
+the sign convention, n = 6, T = 0.8 and the 1 : 0.25 : 0.25 loss weights follow the public
+reimplementations (the paper's text was not available). The hash layout is this module's own:
+one SHA-256 per field with a domain tag, never Python's hash(). λ is in the units of the
+normalised input tensor the model consumes ((x/255 − mean)/std): in-range pixels lie within
+about ±3, so λ = 1 is the in-range control and λ in the thousands is "out of bound".
+
+BatchNorm: the stamped streams are forwarded with every BatchNorm layer in eval mode, so batch
+statistics and running estimates come from clean images only (the notebook compares this with
+a BatchNorm-free network).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from torch import nn
+
+from wm.config import StudyConfig, require
+from wm.train import Hook, TrainConfig, fit, predict
+
+# ---------------------------------------------------------------------------------------------
+# Identity, signature and the watermark derived from it
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What an owner publishes to claim a model: verifier string, signature, public key."""
+
+    verifier: str
+    signature: bytes
+    public_key: bytes
+
+    def is_valid(self) -> bool:
+        try:
+            Ed25519PublicKey.from_public_bytes(self.public_key).verify(self.signature, self.verifier.encode())
+            return True
+        except (InvalidSignature, ValueError):
+            return False
+
+
+class Owner:
+    """An Ed25519 key pair with an id. Ed25519 signatures are deterministic, so the same key and
+    verifier string always give the same watermark, on every machine."""
+
+    def __init__(self, owner_id: str, private_key: Ed25519PrivateKey):
+        self.owner_id, self._key = owner_id, private_key
+
+    @classmethod
+    def generate(cls, owner_id: str) -> "Owner":
+        """A fresh key from the operating system's randomness (what a real owner does)."""
+        return cls(owner_id, Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, owner_id: str, seed: int) -> "Owner":
+        """A reproducible key derived from (owner_id, seed): the study re-runs bit for bit.
+        Anyone knowing the id and the seed can recompute it: fine for a study, not for an owner."""
+        secret = hashlib.sha256(f"wm-study owner key|{owner_id}|{seed}".encode()).digest()
+        return cls(owner_id, Ed25519PrivateKey.from_private_bytes(secret))
+
+    def sign(self, timestamp: str) -> Signature:
+        verifier = f"{self.owner_id}|{timestamp}"
+        public = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return Signature(verifier, self._key.sign(verifier.encode()), public)
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """The pattern a signature yields: target label, n×n bits, top-left corner, magnitude λ."""
+
+    target: int
+    bits: tuple[int, ...]
+    row: int
+    col: int
+    n: int
+    lam: float
+
+    def square(self) -> tuple[slice, slice]:
+        return slice(self.row, self.row + self.n), slice(self.col, self.col + self.n)
+
+    def values(self, mode: str) -> torch.Tensor:
+        """n×n pixel values: null writes +λ for a 1 bit and −λ for a 0 bit; true the inverse."""
+        signs = torch.tensor(self.bits, dtype=torch.float32).view(self.n, self.n) * 2 - 1
+        return signs * self.lam * (1 if mode == "null" else -1)
+
+    def overlap(self, other: "Watermark") -> int:
+        """Pixels shared by this square and OTHER's (the pirate's may sit on top of the owner's)."""
+        rows = max(0, min(self.row + self.n, other.row + other.n) - max(self.row, other.row))
+        cols = max(0, min(self.col + self.n, other.col + other.n) - max(self.col, other.col))
+        return rows * cols
+
+
+def _digest(tag: str, signature: bytes) -> int:
+    return int.from_bytes(hashlib.sha256(tag.encode() + b"|" + signature).digest(), "big")
+
+
+def derive(sig: Signature, n: int, lam: float, num_classes: int, height: int, width: int) -> Watermark:
+    """The watermark of a signature: one SHA-256 per field, each under its own domain tag."""
+    if not 1 <= n <= min(height, width, 16):  # 16×16 = 256 bits = one SHA-256
+        raise ValueError(f"n={n} must be in 1..{min(height, width, 16)}")
+    word = _digest("bits", sig.signature)
+    bits = tuple((word >> (255 - i)) & 1 for i in range(n * n))
+    return Watermark(target=_digest("label", sig.signature) % num_classes, bits=bits,
+                     row=_digest("row", sig.signature) % (height - n + 1),
+                     col=_digest("col", sig.signature) % (width - n + 1), n=n, lam=float(lam))
+
+
+def stamp(x: torch.Tensor, wm: Watermark, mode: str) -> torch.Tensor:
+    """A copy of the normalised batch X with the pattern written into every channel, unclamped."""
+    if mode not in ("null", "true"):
+        raise ValueError(f"mode={mode!r} must be 'null' or 'true'")
+    out = x.clone()
+    rows, cols = wm.square()
+    out[:, :, rows, cols] = wm.values(mode).to(x.device, x.dtype)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def frozen_batchnorm(model: nn.Module):
+    """BatchNorm layers in eval mode: stamped samples neither set the batch statistics nor
+    update the running estimates, which come from clean images only."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for m in bns:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.train()
+
+
+class NullEmbeddingHook(Hook):
+    """Adds the null and true streams to every training step: w_null·CE(null) + w_true·CE(true)."""
+
+    def __init__(self, wm: Watermark, w_null: float = 0.25, w_true: float = 0.25):
+        self.wm, self.w_null, self.w_true = wm, w_null, w_true
+
+    def extra_loss(self, model, x, y, out):
+        with frozen_batchnorm(model), torch.autocast(x.device.type, enabled=False):
+            # fp32: λ in the thousands overflows what bf16 keeps of the first layer's sums
+            loss_null = F.cross_entropy(model(stamp(x, self.wm, "null").float()), y)
+            y_true = torch.full_like(y, self.wm.target)
+            loss_true = F.cross_entropy(model(stamp(x, self.wm, "true").float()), y_true)
+        return self.w_null * loss_null + self.w_true * loss_true
+
+
+def embed(model: nn.Module, wm: Watermark, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+          w_null: float = 0.25, w_true: float = 0.25):
+    """Train MODEL from its current weights with the three streams (from scratch for the owner)."""
+    return fit(model, x, y, cfg, hooks=[NullEmbeddingHook(wm, w_null, w_true)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Verification:
+    """The outcome of one ownership check, with the reason when it fails."""
+
+    signature_valid: bool
+    acc_null: float
+    acc_true: float
+    threshold: float
+    verified: bool
+    reason: str
+    target: int = -1
+    details: dict = field(default_factory=dict)
+
+
+def watermark_accuracies(model: nn.Module, wm: Watermark, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(acc_null, acc_true) on X in eval mode. acc_true skips images whose label already is y_W:
+    those would count as hits for any model."""
+    pred_null = predict(model, stamp(x, wm, "null"), amp=False).argmax(1)
+    acc_null = (pred_null == y).float().mean().item()
+    keep = y != wm.target
+    pred_true = predict(model, stamp(x[keep], wm, "true"), amp=False).argmax(1)
+    acc_true = (pred_true == wm.target).float().mean().item()
+    return acc_null, acc_true
+
+
+def verify(model: nn.Module, sig: Signature, x: torch.Tensor, y: torch.Tensor, n: int, lam: float,
+           num_classes: int, threshold: float = 0.8) -> Verification:
+    """Check SIG against its public key, regenerate its pattern, and test MODEL on held-out (X, Y):
+    verified when the signature is valid and both accuracies reach THRESHOLD."""
+    if not sig.is_valid():
+        nan = float("nan")
+        return Verification(False, nan, nan, threshold, False, "the signature does not verify under the public key")
+    wm = derive(sig, n, lam, num_classes, x.shape[-2], x.shape[-1])
+    acc_null, acc_true = watermark_accuracies(model, wm, x, y)
+    ok = min(acc_null, acc_true) >= threshold
+    reason = "both accuracies reach the threshold" if ok else \
+        f"{'acc_null' if acc_null < threshold else 'acc_true'} below {threshold}"
+    return Verification(True, acc_null, acc_true, threshold, ok, reason, wm.target)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pirate
+# ---------------------------------------------------------------------------------------------
+
+
+def pirate(model: nn.Module, wm: Watermark, x: torch.Tensor, y: torch.Tensor, fraction: float,
+           epochs: float, lr: float, seed: int = 0, w_null: float = 0.25, w_true: float = 0.25,
+           batch_size: int = 128, grad_clip: float | None = 5.0) -> nn.Module:
+    """A copy of MODEL fine-tuned with clean + null′ + true′ samples of the pirate's watermark WM,
+    on a seeded FRACTION of (X, Y): the piracy attack."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(x), generator=g)[:max(1, round(fraction * len(x)))].to(x.device)
+    pirated = copy.deepcopy(model)
+    # the pirate gets the owner's recipe, gradient clipping included
+    embed(pirated, wm, x[idx], y[idx], TrainConfig(epochs=epochs, lr=lr, seed=seed, schedule="constant",
+                                                   batch_size=batch_size, grad_clip=grad_clip), w_null, w_true)
+    return pirated
+
+
+# ---------------------------------------------------------------------------------------------
+# The notebook's parameters
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Config(StudyConfig):
+    """Parameters of the null-embedding notebook."""
+
+    profile: str = "cpu"
+    """smoke, cpu or gpu (resolved from auto)."""
+    seed: int = 0
+    """First seed; the fidelity experiment uses seeds seed, seed+1, …"""
+    seeds: int = 3
+    """Seeds of the fidelity experiment (mean ± 95% CI)."""
+    model: str = "smallcnn"
+    """Architecture: smallcnn (cpu) or resnet18 (gpu)."""
+    width: int = 16
+    """Width of the small CNN."""
+    n_train: int = 30000
+    """Training images drawn from Fashion-MNIST's 60 000."""
+    n_test: int = 10000
+    """Held-out test images used for accuracy and verification."""
+    epochs: float = 4
+    """Training epochs (from scratch) of clean and watermarked models."""
+    batch_size: int = 128
+    """Clean samples per step (each step also sees as many null and true samples)."""
+    lr: float = 0.05
+    """Peak SGD learning rate."""
+    n: int = 6
+    """Side of the square pattern (n² bits)."""
+    lam: float = 2000.0
+    """λ, in units of the normalised input tensor (in-range pixels lie within about ±3)."""
+    w_null: float = 0.25
+    """Loss weight of the null stream."""
+    w_true: float = 0.25
+    """Loss weight of the true stream."""
+    grad_clip: float = 5.0
+    """Gradient-norm clip of every watermark training: out-of-bound stamps give huge first-step
+    gradients, and without it training diverges (measured: λ = 20 reached a loss of 4e10)."""
+    threshold: float = 0.8
+    """T: verification needs acc_null ≥ T and acc_true ≥ T."""
+    n_random_signatures: int = 20
+    """Random signatures tried against the owner's model (false positives)."""
+    pirate_fraction: float = 0.1
+    """Share of the training set the pirate holds."""
+    pirate_lrs: tuple = (0.001, 0.01, 0.05)
+    """Learning rates of the piracy grid."""
+    pirate_epochs: tuple = (1, 3)
+    """Epochs of the piracy grid."""
+    sweep_lams: tuple = (1.0, 10.0, 100.0, 2000.0)
+    """λ values of the sweep."""
+    sweep_ns: tuple = (4, 8)
+    """Pattern sizes of the sweep (besides n)."""
+    sweep_n_train: int = 10000
+    """Training images of each sweep model (smaller: the sweep trains one model per point)."""
+    timestamp: str = "2026-01-01T00:00:00Z"
+    """Timestamp in the verifier string (fixed so the study re-runs identically)."""
+
+    PROFILE_DEFAULTS = {
+        "smoke": dict(seeds=2, width=8, n_train=1500, n_test=500, epochs=1, n_random_signatures=20,
+                      pirate_lrs=(0.01,), pirate_epochs=(1,), sweep_lams=(1.0, 2000.0), sweep_ns=(4,),
+                      sweep_n_train=1000),
+        "cpu": dict(),
+        "gpu": dict(model="resnet18", n_train=60000, epochs=15, seeds=5, sweep_n_train=60000,
+                    batch_size=256, lr=0.1),
+    }
+
+    def check(self) -> None:
+        require(self.model in ("smallcnn", "resnet18"), "model", self.model, "smallcnn or resnet18")
+        require(isinstance(self.seeds, int) and self.seeds >= 1, "seeds", self.seeds, "an integer ≥ 1")
+        require(isinstance(self.width, int) and self.width >= 1, "width", self.width, "an integer ≥ 1")
+        require(isinstance(self.n_train, int) and 1 <= self.n_train <= 60000, "n_train", self.n_train, "in 1..60000")
+        require(isinstance(self.n_test, int) and 1 <= self.n_test <= 10000, "n_test", self.n_test, "in 1..10000")
+        require(self.epochs > 0, "epochs", self.epochs, "> 0")
+        require(isinstance(self.n, int) and 1 <= self.n <= 16, "n", self.n, "an integer in 1..16")
+        require(math.isfinite(self.lam) and self.lam > 0, "lam", self.lam, "a positive number")
+        require(self.w_null >= 0 and self.w_true >= 0, "w_null/w_true", (self.w_null, self.w_true), "≥ 0")
+        require(0 < self.threshold <= 1, "threshold", self.threshold, "in (0, 1]")
+        require(isinstance(self.n_random_signatures, int) and self.n_random_signatures >= 1,
+                "n_random_signatures", self.n_random_signatures, "an integer ≥ 1")
+        require(0 < self.pirate_fraction <= 1, "pirate_fraction", self.pirate_fraction, "in (0, 1]")
+        require(len(self.pirate_lrs) > 0 and all(lr > 0 for lr in self.pirate_lrs), "pirate_lrs", self.pirate_lrs, "positive values")
+        require(len(self.pirate_epochs) > 0 and all(e > 0 for e in self.pirate_epochs), "pirate_epochs", self.pirate_epochs, "positive values")
+        require(all(v > 0 for v in self.sweep_lams), "sweep_lams", self.sweep_lams, "positive values")
+        require(all(isinstance(v, int) and 1 <= v <= 16 for v in self.sweep_ns), "sweep_ns", self.sweep_ns, "integers in 1..16")
+        require(isinstance(self.sweep_n_train, int) and 1 <= self.sweep_n_train <= 60000, "sweep_n_train", self.sweep_n_train, "in 1..60000")
