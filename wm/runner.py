@@ -15,6 +15,7 @@ import ast
 import contextlib
 import dataclasses
 import importlib
+import importlib.util
 import json
 import os
 import shutil
@@ -102,11 +103,9 @@ def check_request(study: str, profile: str, params: dict[str, str]) -> tuple[Pat
 
 def check_values(study: str, profile: str, values: dict[str, Any]) -> None:
     """Let the study's Config reject bad values (one ValueError naming the field) before a kernel starts."""
-    try:
-        module = importlib.import_module(f"wm.{study}")
-    except ModuleNotFoundError:
+    if importlib.util.find_spec(f"wm.{study}") is None:
         return  # a notebook without a module of its own (the comparison) validates in its first cell
-    config = getattr(module, "Config", None)
+    config = getattr(importlib.import_module(f"wm.{study}"), "Config", None)
     if config is None:
         return
     names = {f.name for f in dataclasses.fields(config)}
