@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "book":
         if not args.no_run:
-            # the comparison reads the studies' tables, so it runs last
-            for study in sorted(runner.studies(), key=lambda s: s == "comparison"):
+            for study in runner.studies():
                 start = time.perf_counter()
                 print(f"wm: executing {study} ({args.profile})", file=sys.stderr, flush=True)
                 try:

@@ -28,6 +28,7 @@ import copy
 import hashlib
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -126,13 +127,20 @@ def derive(sig: Signature, n: int, lam: float, num_classes: int, height: int, wi
                      col=_digest("col", sig.signature) % (width - n + 1), n=n, lam=float(lam))
 
 
+@lru_cache(maxsize=64)
+def _pattern_on(wm: Watermark, mode: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Built once per (watermark, device): stamping runs every training step, and rebuilding the
+    # values would cost a host-to-device copy per step on a GPU.
+    return wm.values(mode).to(device, dtype)
+
+
 def stamp(x: torch.Tensor, wm: Watermark, mode: str) -> torch.Tensor:
     """A copy of the normalised batch X with the pattern written into every channel, unclamped."""
     if mode not in ("null", "true"):
         raise ValueError(f"mode={mode!r} must be 'null' or 'true'")
     out = x.clone()
     rows, cols = wm.square()
-    out[:, :, rows, cols] = wm.values(mode).to(x.device, x.dtype)
+    out[:, :, rows, cols] = _pattern_on(wm, mode, x.device, x.dtype)
     return out
 
 

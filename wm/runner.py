@@ -40,8 +40,9 @@ class UsageError(Exception):
 # ---------------------------------------------------------------------------------------------
 
 def studies() -> list[str]:
-    """The notebooks in notebooks/, by name: each is a study the runner can execute."""
-    return sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
+    """The notebooks in notebooks/, by name, in the order to execute them: the comparison reads
+    the studies' tables, so it comes last."""
+    return sorted((p.stem for p in NOTEBOOKS.glob("*.ipynb")), key=lambda s: (s == "comparison", s))
 
 
 def notebook_path(study: str) -> Path:
