@@ -47,6 +47,32 @@ def finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: float =
     return attacked
 
 
+def transfer(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: float = 2,
+             lr: float = 0.01, freeze_features: bool = False, seed: int = 0, **train_kw) -> nn.Module:
+    """Transfer learning to a new task: a copy whose head is replaced by a fresh
+    `nn.Linear(…, NUM_CLASSES)` and trained on the new task's (X, Y).
+
+    freeze_features=True trains the new head alone (feature extraction; BatchNorm running
+    statistics still adapt to the new data, as in a plain training loop); False trains every
+    layer (full fine-tuning), the stronger change to the transferred weights.
+    """
+    if not isinstance(getattr(model, "head", None), nn.Linear):
+        raise TypeError("transfer needs a classifier whose last layer is `model.head` (nn.Linear)")
+    attacked = _copy(model)
+    torch.manual_seed(seed)  # the new head's initialisation
+    old = attacked.head
+    attacked.head = nn.Linear(old.in_features, num_classes).to(old.weight.device)
+    for p in attacked.parameters():
+        p.requires_grad_(not freeze_features)
+    attacked.head.requires_grad_(True)
+    train_kw.setdefault("schedule", "constant")
+    fit(attacked, x, y, TrainConfig(epochs=epochs, lr=lr, seed=seed, **train_kw),
+        params=[p for p in attacked.parameters() if p.requires_grad])
+    for p in attacked.parameters():
+        p.requires_grad_(True)
+    return attacked
+
+
 def prune(model: nn.Module, amount: float, scope: str = "global") -> nn.Module:
     """Magnitude pruning of a copy with torch.nn.utils.prune, made permanent.
 
@@ -57,7 +83,9 @@ def prune(model: nn.Module, amount: float, scope: str = "global") -> nn.Module:
         raise ValueError(f"amount={amount} must be in [0, 1]")
     if scope not in ("global", "layer"):
         raise ValueError(f"scope={scope!r} must be 'global' or 'layer'")
-    attacked = _copy(model)
+    # torch's pruning flattens weights with .view(-1), which fails on channels_last tensors (the
+    # format wm.train leaves convolutions in): prune a plain-layout copy
+    attacked = _copy(model).to(memory_format=torch.contiguous_format)
     targets = attacked_weights(attacked)
     if amount > 0:
         if scope == "global":

