@@ -101,3 +101,34 @@ def test_finetune_budget_is_a_fraction(trained):
     model, ds = trained
     with pytest.raises(ValueError, match="fraction"):
         attacks.finetune(model, ds.x_train, ds.y_train, fraction=0)
+
+
+def test_prune_accepts_channels_last_weights(trained):
+    # wm.train leaves convolutions in channels_last; torch's pruning needs a plain layout
+    model, _ = trained
+    cl = SmallCNN(width=8).to(memory_format=torch.channels_last)
+    cl.load_state_dict(model.state_dict())
+    pruned = attacks.prune(cl, 0.5)
+    assert (_weights(pruned) == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_transfer_replaces_the_head_and_trains_only_what_it_says(trained, freeze):
+    model, ds = trained
+    snap = _snapshot(model)
+    keep = ds.y_train < 4
+    moved = attacks.transfer(model, ds.x_train[keep], ds.y_train[keep], num_classes=4, epochs=1, lr=0.01,
+                             freeze_features=freeze)
+    assert _unchanged(model, snap) and moved.head.out_features == 4
+    assert predict(moved, ds.x_test[:8]).shape == (8, 4)
+    body = lambda m: [p for n, p in m.named_parameters() if not n.startswith("head")]
+    same = all(torch.equal(a, b) for a, b in zip(body(moved), body(model)))
+    assert same == freeze  # head-only transfer leaves every feature weight as it was
+    assert all(p.requires_grad for p in moved.parameters())
+    assert evaluate(moved, ds.x_test[ds.y_test < 4], ds.y_test[ds.y_test < 4]) > 0.5
+
+
+def test_transfer_needs_a_head():
+    with pytest.raises(TypeError, match="head"):
+        attacks.transfer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)),
+                         torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long), num_classes=2)

@@ -10,6 +10,7 @@ import torch
 
 from wm import data, models
 from wm.null_embedding import (Config, NullEmbeddingHook, Owner, derive, embed, frozen_batchnorm, stamp, verify,
+                               transferred_accuracies, train_model,
                                watermark_accuracies)
 from wm.train import TrainConfig, fit, seed_everything
 
@@ -124,7 +125,69 @@ def test_verification_accepts_when_both_accuracies_pass(tiny):
     assert low.verified and not high.verified and low.target == w.target
 
 
-@pytest.mark.parametrize("kw,field", [({"n": 0}, "n="), ({"lam": -1.0}, "lam="), ({"threshold": 1.5}, "threshold="),
+def test_shared_batchnorm_variant_does_pollute_the_statistics():
+    # the contrast to the frozen default, measured in the notebook
+    seed_everything(0)
+    model = models.SmallCNN(width=4)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_var.clone()
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    NullEmbeddingHook(_wm(lam=2000.0), bn="shared").extra_loss(model, x, y, None)
+    assert bn.running_var.max() > 100 * before.max()  # ±2000 pixels inflate the running variance
+
+
+def test_stamped_streams_use_the_requested_share_of_the_batch():
+    sizes = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(784, 10)
+
+        def forward(self, x):
+            sizes.append(len(x))
+            return self.lin(x.flatten(1))
+
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    NullEmbeddingHook(_wm(), fraction=0.25).extra_loss(Spy(), x, y, None)
+    assert sizes == [4, 4]  # one null pass and one true pass of 16 × 0.25 images
+
+
+def test_transferred_accuracies_find_the_forced_class():
+    w = _wm(lam=50.0)
+    r, c = (27, 27) if (w.row, w.col) == (0, 0) else (0, 0)  # a pixel outside the square
+
+    class Forced(torch.nn.Module):  # predicts class 3 when the true pattern is present, else the pixel sign
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(1))  # predict() finds the device from a parameter
+
+        def forward(self, x):
+            rows, cols = w.square()
+            hit = (x[:, 0, rows, cols] == w.values("true")).flatten(1).all(1)
+            out = torch.zeros(len(x), 5)
+            out[torch.arange(len(x)), (x[:, 0, r, c] > 0).long()] = 1
+            out[hit] = 0
+            out[hit, 3] = 1
+            return out
+
+    x = torch.randn(200, 1, 28, 28)
+    y = (x[:, 0, r, c] > 0).long()
+    acc_null, acc_true, target = transferred_accuracies(Forced(), w, x, y)
+    assert target == 3 and acc_true == 1.0 and acc_null == 1.0
+
+
+def test_train_model_matches_config_and_seed():
+    ds = data.load_classification("fashion_mnist", n_train=300, n_test=10, seed=0)
+    cfg = Config.from_profile("smoke")
+    a, _ = train_model(cfg, ds.x_train, ds.y_train, seed=3, wm=_wm(lam=22.2), epochs=0.5)
+    b, _ = train_model(cfg, ds.x_train, ds.y_train, seed=3, wm=_wm(lam=22.2), epochs=0.5)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert a.head.in_features == 36 * cfg.width
+
+
+@pytest.mark.parametrize("kw,field", [({"n": 0}, "n="), ({"seeds": 1}, "seeds="), ({"stamp_fraction": 0}, "stamp_fraction="),
+                                      ({"useful_drop": 1.5}, "useful_drop="), ({"lam": -1.0}, "lam="), ({"threshold": 1.5}, "threshold="),
                                       ({"pirate_fraction": 0}, "pirate_fraction="), ({"model": "vit"}, "model=")])
 def test_config_rejects_bad_values(kw, field):
     with pytest.raises(ValueError, match=field):

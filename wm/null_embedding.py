@@ -319,7 +319,10 @@ class Config(StudyConfig):
     n_train: int = 60000
     """Training images drawn from Fashion-MNIST's 60 000."""
     n_test: int = 10000
-    """Held-out test images used for accuracy and verification."""
+    """Held-out test images: test accuracy, and the fidelity experiment's verification."""
+    n_verify: int = 2000
+    """The first n_verify test images: the verification set of every other check (false
+    positives, piracy, attacks, sweeps), which runs dozens of verifications."""
     epochs: float = 6
     """Training epochs (from scratch) of clean and watermarked models."""
     batch_size: int = 128
@@ -366,12 +369,12 @@ class Config(StudyConfig):
     """Timestamp in the verifier strings (fixed so the study re-runs identically)."""
 
     PROFILE_DEFAULTS = {
-        "smoke": dict(seeds=2, width=8, n_train=1500, n_test=500, epochs=1, pirate_lrs=(0.01,),
+        "smoke": dict(seeds=2, width=8, n_train=1500, n_test=500, n_verify=500, epochs=1, pirate_lrs=(0.01,),
                       pirate_epochs=(1,), attack_epochs=0.5, sweep_lams=(1.0,), sweep_ns=(4,),
                       sweep_n_train=1000, sweep_epochs=1),
         "cpu": dict(),
-        "gpu": dict(model="resnet18", epochs=15, seeds=5, sweep_n_train=60000, sweep_epochs=6,
-                    batch_size=256, lr=0.1),
+        # ResNet-18 for the fidelity models; the BatchNorm, transfer and sweep models stay small CNNs
+        "gpu": dict(model="resnet18", epochs=10, sweep_n_train=60000, sweep_epochs=6, batch_size=256, lr=0.1),
     }
 
     def check(self) -> None:
@@ -382,6 +385,8 @@ class Config(StudyConfig):
         require(isinstance(self.width, int) and self.width >= 1, "width", self.width, "an integer ≥ 1")
         require(isinstance(self.n_train, int) and 1 <= self.n_train <= 60000, "n_train", self.n_train, "in 1..60000")
         require(isinstance(self.n_test, int) and 1 <= self.n_test <= 10000, "n_test", self.n_test, "in 1..10000")
+        require(isinstance(self.n_verify, int) and 1 <= self.n_verify <= self.n_test, "n_verify", self.n_verify,
+                f"an integer in 1..n_test ({self.n_test})")
         require(self.epochs > 0, "epochs", self.epochs, "> 0")
         require(isinstance(self.batch_size, int) and self.batch_size >= 2, "batch_size", self.batch_size, "an integer ≥ 2")
         require(self.lr > 0, "lr", self.lr, "> 0")
@@ -413,8 +418,9 @@ class Config(StudyConfig):
         return derive(sig, n or self.n, lam or self.lam, num_classes, 28, 28)
 
     def train_config(self, seed: int, epochs: float | None = None) -> TrainConfig:
+        # no progress bars: in an executed notebook each refresh becomes a stored output
         return TrainConfig(epochs=epochs or self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed,
-                           grad_clip=self.grad_clip, progress=self.profile != "smoke")
+                           grad_clip=self.grad_clip, progress=False)
 
 
 def build_model(cfg: Config, num_classes: int = 10, norm: str = "batch", small: bool = False) -> nn.Module:
