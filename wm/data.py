@@ -311,3 +311,121 @@ def sample_patches(images: list[np.ndarray], n: int, size: int, seed: int = 0,
             patch = patch[:, ::-1]
         out[i] = patch
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Segmentation data sets (WaterMAS's DeepLabV3 experiment): PASCAL VOC or Cityscapes layout
+# ---------------------------------------------------------------------------------------------
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IGNORE_INDEX = -100  # F.cross_entropy's default: VOC's 255 border and Cityscapes' unused ids map to it
+
+# Cityscapes labelIds → the 19 train ids of the benchmark (everything else ignored)
+CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                        25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+@dataclass
+class Segmentation:
+    """A segmentation data set as tensors: images normalised (ImageNet statistics), masks long
+    with IGNORE_INDEX for unlabelled pixels."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    num_classes: int
+    size: int
+
+
+def segmentation_format(root: Path) -> str | None:
+    """'voc', 'cityscapes' or None, from the folder layout."""
+    if (root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir():
+        return "voc"
+    if (root / "leftImg8bit").is_dir() and (root / "gtFine").is_dir():
+        return "cityscapes"
+    return None
+
+
+def segmentation_root() -> Path | None:
+    """$WM_SEGMENTATION, else data/segmentation/ (or one folder below it, e.g. VOC2012/), when it
+    holds a data set in VOC or Cityscapes layout; None otherwise."""
+    env = os.environ.get("WM_SEGMENTATION")
+    candidates = [Path(env)] if env else []
+    base = ROOT / "data" / "segmentation"
+    candidates += [base] + (sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else [])
+    for c in candidates:
+        if c.is_dir() and segmentation_format(c):
+            return c
+    if env:
+        raise DataError(f"WM_SEGMENTATION={env} holds no VOC (JPEGImages/, SegmentationClass/) or "
+                        f"Cityscapes (leftImg8bit/, gtFine/) data set")
+    return None
+
+
+def _voc_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not listing.is_file():
+        raise DataError(f"{listing} is missing: a VOC data set lists its {split} images there")
+    pairs = []
+    for name in listing.read_text().split():
+        img, mask = root / "JPEGImages" / f"{name}.jpg", root / "SegmentationClass" / f"{name}.png"
+        if not (img.is_file() and mask.is_file()):
+            raise DataError(f"VOC image {name} listed in {listing} lacks {img.name} or {mask.name}")
+        pairs.append((img, mask))
+    return pairs
+
+
+def _cityscapes_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
+    pairs = []
+    for img in sorted((root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png")):
+        stem = img.name[: -len("_leftImg8bit.png")]
+        mask = root / "gtFine" / split / img.parent.name / f"{stem}_gtFine_labelIds.png"
+        if not mask.is_file():
+            raise DataError(f"Cityscapes image {img.name} has no {mask.name}")
+        pairs.append((img, mask))
+    return pairs
+
+
+def _load_pairs(pairs, size: int, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image
+    xs, ys = [], []
+    lut = np.full(256, IGNORE_INDEX, dtype=np.int64)
+    if fmt == "cityscapes":
+        for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
+            lut[label_id] = train_id
+    else:
+        lut[:21] = np.arange(21)  # VOC: 0 background + 20 classes; 255 (borders) ignored
+    for img_path, mask_path in pairs:
+        try:
+            img = Image.open(img_path).convert("RGB").resize((size, size), Image.BILINEAR)
+            mask = Image.open(mask_path)
+            mask.load()
+        except OSError as err:
+            raise DataError(f"cannot read {img_path.name} / {mask_path.name}: {err}") from err
+        # masks are palette or grey images of class indices: resize with nearest, never interpolate labels
+        mask = np.asarray(mask.resize((size, size), Image.NEAREST), dtype=np.uint8)
+        xs.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+        ys.append(torch.from_numpy(lut[mask]))
+    return torch.stack(xs), torch.stack(ys)
+
+
+def load_segmentation(root: str | Path, size: int = 128, limit: int | None = None,
+                      device: str | torch.device = "cpu") -> Segmentation:
+    """Train and val splits of the data set at ROOT (VOC: ImageSets/Segmentation/{train,val}.txt;
+    Cityscapes: leftImg8bit/{train,val}/ with gtFine labelIds), resized to SIZE×SIZE; at most LIMIT
+    training images (the first ones, in the listing's order)."""
+    root = Path(root)
+    fmt = segmentation_format(root)
+    if fmt is None:
+        raise DataError(f"{root} is neither a VOC nor a Cityscapes data set")
+    find = _voc_pairs if fmt == "voc" else _cityscapes_pairs
+    train, val = find(root, "train"), find(root, "val")
+    if not train or not val:
+        raise DataError(f"{root}: the {fmt} train and val splits must both be non-empty")
+    train = train[:limit] if limit else train
+    (xt, yt), (xv, yv) = _load_pairs(train, size, fmt), _load_pairs(val, size, fmt)
+    xt, xv = (normalize(x.to(device), IMAGENET_MEAN, IMAGENET_STD) for x in (xt, xv))
+    return Segmentation(f"{fmt} ({root.name})", xt, yt.to(device), xv, yv.to(device),
+                        19 if fmt == "cityscapes" else 21, size)
