@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # the plain bar: tqdm.auto warns in notebooks without ipywidgets
 
 LOSSES = ("ce", "soft_ce", "mse", "l1")
 OPTIMIZERS = ("sgd", "adam")
