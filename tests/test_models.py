@@ -58,6 +58,15 @@ def test_swapping_head_changes_forward(name: str) -> None:
 def test_resnet_has_no_initial_maxpool_and_vgg_keeps_spatial_size() -> None:
     resnet = models.resnet18()
     assert not any(isinstance(m, nn.MaxPool2d) for m in resnet.modules())
+    # the ImageNet stem: torchvision's 7x7 stride-2 conv and max-pool, 28x28 -> 7x7 before layer1
+    small = models.resnet18(stem="imagenet")
+    assert small.backbone.conv1.kernel_size == (7, 7) and isinstance(small.backbone.maxpool, nn.MaxPool2d)
+    with torch.no_grad():
+        b = small.backbone.eval()
+        x = b.maxpool(b.relu(b.bn1(b.conv1(torch.randn(1, 1, 28, 28)))))
+    assert x.shape == (1, 64, 7, 7) and small(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="stem"):
+        models.resnet18(stem="vit")
     vgg = models.vgg16()
     assert sum(isinstance(m, nn.MaxPool2d) for m in vgg.modules()) == 3
     conv_body = vgg.backbone[0]

@@ -322,7 +322,10 @@ def test_profiles_are_valid():
         cfg = Config.from_profile(profile)
         assert cfg.profile == profile and all(m in MODELS for m in cfg.models)
     cpu = Config.from_profile("cpu")
-    assert cpu.budget("smallcnn") == (30000, 3, 2000) and cpu.budget("resnet18") == (1000, 1, 500)
+    assert cpu.budget("smallcnn") == (30000, 3, 2000) and cpu.budget("resnet18") == (8000, 2, 2000)
+    # the cpu profile's ResNet-18 keeps torchvision's stem (stride 4 before layer1), the gpu one the CIFAR stem
+    assert build_model("resnet18", cpu).backbone.conv1.stride == (2, 2)
+    assert build_model("resnet18", Config.from_profile("gpu")).backbone.conv1.stride == (1, 1)
 
 
 @pytest.mark.parametrize("kw,field", [({"n_bits": 0}, "n_bits="), ({"kappa": 0.0}, "kappa="), ({"rho": -0.1}, "rho="),

@@ -715,13 +715,16 @@ class Config(StudyConfig):
     """Held-out test images for accuracy (and the sharpness measurement's pool)."""
     epochs: float = 3
     """Training epochs of the small CNN, from scratch with the watermark present from step 0."""
-    large_n_train: int = 1000
-    """Training images (the first ones of n_train) for the torchvision architectures. ResNet-18 at
-    28×28 costs ~0.43 GMAC per image forward, ~200× the width-16 small CNN: on 2 CPU cores
-    (tens of images per second in training) only a token budget fits the cpu profile."""
-    large_epochs: float = 1
+    resnet18_stem: str = "imagenet"
+    """ResNet-18's stem (wm.models.resnet18): `imagenet` (torchvision's 7×7/2 conv + max-pool,
+    ~0.03 GMAC per 28×28 image, ~660 images/s in training on 2 CPU cores) in the cpu profile;
+    `cifar` (3×3/1, no pool, ~0.43 GMAC, ~80 images/s on 2 cores: only a token budget would fit)
+    in the gpu profile."""
+    large_n_train: int = 8000
+    """Training images (the first ones of n_train) for the torchvision architectures."""
+    large_epochs: float = 2
     """Training epochs of the torchvision architectures."""
-    large_n_test: int = 500
+    large_n_test: int = 2000
     """Test images (the first ones of n_test) for the torchvision architectures' evaluations."""
     batch_size: int = 128
     """Samples per step."""
@@ -800,7 +803,7 @@ class Config(StudyConfig):
                       prune_amounts=(0.5, 0.9), quant_bits=(8, 2), finetune_epochs=(0.5,), finetune_lrs=(0.01,),
                       sharpness_samples=200, sharpness_random=2, seg_size=64, seg_n_train=16, seg_epochs=1),
         "cpu": dict(),
-        "gpu": dict(models=("resnet18", "vgg16", "mobilenet_v3_small", "swin_t"), n_train=60000, n_test=10000,
+        "gpu": dict(models=("resnet18", "vgg16", "mobilenet_v3_small", "swin_t"), resnet18_stem="cifar", n_train=60000, n_test=10000,
                     epochs=4, large_n_train=60000, large_epochs=4, large_n_test=10000, batch_size=256, lr=0.1, uchida_bits=256,
                     sharpness_samples=5000),
     }
@@ -819,6 +822,7 @@ class Config(StudyConfig):
         require(ints(self.n_train) and self.n_train <= 60000, "n_train", self.n_train, "in 1..60000")
         require(ints(self.n_test) and self.n_test <= 10000, "n_test", self.n_test, "in 1..10000")
         require(self.epochs > 0, "epochs", self.epochs, "> 0")
+        require(self.resnet18_stem in ("imagenet", "cifar"), "resnet18_stem", self.resnet18_stem, "imagenet or cifar")
         require(ints(self.large_n_train) and self.large_n_train <= self.n_train, "large_n_train",
                 self.large_n_train, "an integer in 1..n_train")
         require(self.large_epochs > 0, "large_epochs", self.large_epochs, "> 0")
@@ -883,6 +887,8 @@ def build_model(name: str, cfg: Config | None = None) -> nn.Module:
         return wm_models.SmallCNN(in_channels=1, num_classes=10, width=cfg.width if cfg else 16)
     if name == "swin_t":
         return swin_t(1, 10)
+    if name == "resnet18":
+        return wm_models.resnet18(1, 10, stem=cfg.resnet18_stem if cfg else "cifar")
     if name in MODELS:
         return wm_models.build(name, in_channels=1, num_classes=10)
     raise ValueError(f"model={name!r} is unknown: choose from {', '.join(MODELS)}")
