@@ -1,0 +1,752 @@
+"""Zhang et al., AAAI 2020, *Model Watermarking for Image Processing Networks*, re-implemented
+with its traditional (spread-spectrum) baseline.
+
+The setting: a deraining model M is offered as a black box. Every output B = M(A) passes through
+an embedding net H that hides a logo δ: B′ = H(B, δ) looks like B. An extractor R recovers δ from
+B′ and returns a blank δ0 for clean images. A thief who trains a surrogate SM on (A, B′) pairs
+should learn the hidden logo too, so R finds it in SM's outputs: that is the claim tested here.
+
+What follows the official code (../shared/papers/paper1-image-processing-watermark.md, §2) and
+what is this module's own choice:
+
+* H: a U-Net on cat(B, δ); **residual** (B′ = B + H's correction, zero-initialised) where the
+  code ends in a Sigmoid and predicts the whole image: from the first step B′ = B, which reaches
+  high PSNR in a CPU budget. R: the code's dilated residual extractor (stride-2 stem, residual
+  blocks with dilations 2,…,4,…,1 and affine InstanceNorm, ×2 up-sampling), narrower and shorter;
+  a Sigmoid output where the code ends in ReLU (targets are images in [0, 1]). D: the code's
+  PatchGAN (3×3 stride-2 convs, InstanceNorm, LeakyReLU 0.2), trained as an LSGAN.
+* Loss weights: the official code's (1e4 × every MSE term, 0.01 × the LSGAN generator term,
+  perceptual weight 0), not the paper's λ's (all 1, λ3 = 0.01): in the paper's form the
+  adversarial term would weigh 10⁴ times more. The clean loss covers both A and B, the
+  consistency term compares R's outputs across the two halves of a batch (as in the code).
+* Stage 2: only R is fine-tuned, on B′ and the defender's own surrogate's outputs (→ δ) and on A
+  and B (→ δ0), plus consistency (the README's figure; binpat's reimplementation).
+* Every image a party receives is 8-bit (`deliver`): the API returns PNGs, so the watermark must
+  survive rounding to 1/255.
+* The traditional watermark: the abstract only says "traditional spatial invisible watermarking"
+  for bit strings; the algorithm is not known. An additive spread-spectrum mark (Cox et al.
+  1997) stands in for it: `SpreadSpectrum`.
+* The rain generator is this project's (`add_rain`): the paper used DID-MDN's Photoshop-style
+  synthesis, which is not public code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wm import ROOT, data, metrics
+from wm import models as wm_models
+from wm.config import StudyConfig, require
+from wm.train import seed_everything
+
+WATERMARKS = ("logo", "qr")
+LOGO_PATH = ROOT / "data" / "watermarks" / "logo.png"
+SM_ARCHS = ("unet", "resnet9", "resnet16", "ceilnet")
+SM_LOSSES = ("l2", "l1", "l1_adv", "l2_adv", "perc_adv")
+VGG_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's ImageNet VGG-19 checkpoint name
+
+
+def _subseed(seed: int, tag: str) -> int:
+    """An independent seed per purpose (data split, rain, patterns, ...), derived with SHA-256."""
+    return int.from_bytes(hashlib.sha256(f"image_processing|{tag}|{seed}".encode()).digest()[:4], "big") >> 1  # 31 bits: numpy seeds must be < 2**32
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Watermark images: the project's logo, a QR-like pattern, the blank
+# ---------------------------------------------------------------------------------------------
+
+
+def make_logo(size: int = 128) -> np.ndarray:
+    """The project's logo as uint8 size×size, drawn with geometry only (no font): a thick ring
+    around a bold 'W', dark strokes on white, like the paper's logos (mostly white). The shipped
+    data/watermarks/logo.png is make_logo(128); a test checks that they are equal."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+    img = np.ones((size, size))
+    r = np.hypot(xx - 0.5, yy - 0.5)
+    img[(r > 0.36) & (r < 0.46)] = 0.0  # the ring
+    # the W: four thick strokes between five points, as distance-to-segment masks
+    pts = [(0.22, 0.30), (0.35, 0.70), (0.50, 0.42), (0.65, 0.70), (0.78, 0.30)]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        dx, dy = x1 - x0, y1 - y0
+        t = np.clip(((xx - x0) * dx + (yy - y0) * dy) / (dx * dx + dy * dy), 0, 1)
+        d = np.hypot(xx - (x0 + t * dx), yy - (y0 + t * dy))
+        img[d < 0.055] = 0.0
+    return (img * 255).round().astype(np.uint8)
+
+
+def qr_pattern(size: int, cells: int = 8, seed: int = 0) -> np.ndarray:
+    """A QR-like binary pattern as uint8 size×size: cells×cells random black/white squares (half
+    black on average), seeded, upscaled by nearest neighbour."""
+    rng = np.random.default_rng(_subseed(seed, "qr"))
+    grid = rng.integers(0, 2, (cells, cells)).astype(np.uint8) * 255
+    idx = np.arange(size) * cells // size
+    return np.ascontiguousarray(grid[idx][:, idx])
+
+
+def load_logo(path: Path = LOGO_PATH) -> np.ndarray:
+    """The shipped logo as uint8 (grey)."""
+    from PIL import Image
+    if not path.is_file():
+        raise data.DataError(f"the watermark logo {path} is missing (it ships with the project: "
+                             "restore it with `git checkout data/watermarks/logo.png`)")
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"))
+
+
+def watermark_image(name: str, size: int, seed: int = 0) -> torch.Tensor:
+    """δ as a float 1×size×size tensor in [0, 1]: the logo (resized, area-averaged) or the QR."""
+    if name == "qr":
+        img = qr_pattern(size, seed=seed)
+    elif name == "logo":
+        from PIL import Image
+        img = np.asarray(Image.fromarray(load_logo()).resize((size, size), Image.BILINEAR))
+    else:
+        raise ValueError(f"watermark={name!r} must be one of {', '.join(WATERMARKS)}")
+    return torch.from_numpy(img.astype(np.float32) / 255.0)[None]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The deraining task: synthetic rain on natural-image patches
+# ---------------------------------------------------------------------------------------------
+
+
+def add_rain(clean: torch.Tensor, seed: int, density: float = 0.03, length: int = 9,
+             strength: float = 0.8, max_angle: float = 25.0) -> torch.Tensor:
+    """Rainy versions A of clean images (float N×3×H×W in [0, 1]).
+
+    Per image: sparse drops (Bernoulli(density), each with a random brightness) smeared along a
+    line of LENGTH pixels at one angle in ±MAX_ANGLE degrees from vertical (a motion-blur kernel,
+    as rain-streak synthesis does), then blended with the image as light: A = B + s·(1 − B)
+    (a 'screen' blend, so streaks brighten without saturating), s = strength·streaks.
+    Deterministic in SEED; works on any device."""
+    n, _, h, w = clean.shape
+    g = torch.Generator().manual_seed(_subseed(seed, "rain"))
+    drops = (torch.rand(n, 1, h, w, generator=g) < density).float() * (0.5 + 0.5 * torch.rand(n, 1, h, w, generator=g))
+    angles = (torch.rand(n, generator=g) * 2 - 1) * math.radians(max_angle)
+    k = length if length % 2 else length + 1
+    c = k // 2
+    kernels = torch.zeros(n, 1, k, k)
+    for t in torch.linspace(-c, c, 4 * k):  # a thin line through the centre at each image's angle
+        rows = (c + t * torch.cos(angles)).round().long().clamp(0, k - 1)
+        cols = (c + t * torch.sin(angles)).round().long().clamp(0, k - 1)
+        kernels[torch.arange(n), 0, rows, cols] = 1.0
+    kernels /= kernels.sum(dim=(2, 3), keepdim=True)
+    # one grouped convolution: image i with its own kernel
+    streaks = F.conv2d(drops.view(1, n, h, w), kernels, padding=c, groups=n).view(n, 1, h, w)
+    streaks = (streaks * k / 2).clamp(0, 1).to(clean.device)  # a full streak reaches ~the drop's brightness
+    s = strength * streaks
+    return (clean + s * (1 - clean)).clamp(0, 1)
+
+
+def deliver(x: torch.Tensor) -> torch.Tensor:
+    """What an API hands out: the image clamped and rounded to 8 bits (PNG), back as float."""
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+@dataclass
+class Pairs:
+    """Aligned (rainy A, clean ground truth) patches, float N×3×P×P in [0, 1], on one device."""
+
+    a: torch.Tensor
+    clean: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+
+def split_photos(images: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The training photos split BY IMAGE between the owner (M, H, R, stage 2) and the attacker
+    (the surrogates): alternate images, so both sides get a mix of colour and grey photos."""
+    if len(images) < 2:
+        raise data.DataError(f"the training photos must be at least 2 images (owner and attacker), got {len(images)}")
+    return images[0::2], images[1::2]
+
+
+def make_pairs(images: list[np.ndarray], n: int, size: int, seed: int, rain: dict, device) -> Pairs:
+    """N random patches of IMAGES (no flips: framing must stay aligned) with rain added."""
+    clean = data.sample_patches(images, n, size, seed=_subseed(seed, f"patches{size}"), flip=False)
+    clean = clean.float().div(255).to(device)
+    return Pairs(a=deliver(add_rain(clean, seed=seed, **rain)), clean=clean)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Networks: R (dilated residual extractor, also the CEILNet-like surrogate) and D (PatchGAN)
+# ---------------------------------------------------------------------------------------------
+
+
+class _DilatedBlock(nn.Module):
+    def __init__(self, c: int, dilation: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c, c, 3, padding=dilation, dilation=dilation, bias=False), nn.InstanceNorm2d(c, affine=True),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, padding=dilation, dilation=dilation, bias=False), nn.InstanceNorm2d(c, affine=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+class DilatedResNet(nn.Module):
+    """The official code's extractor R ('HidingRes'): conv-IN-ReLU ×2, a stride-2 conv, residual
+    blocks of dilated convs at half resolution, ×2 up-sampling (bilinear + conv here, instead of a
+    transposed conv: no checkerboard), conv, 1×1 conv to OUT_CHANNELS. Sigmoid output for R;
+    `residual=True` (the CEILNet-like surrogate) returns input + correction instead."""
+
+    DILATIONS = (2, 2, 2, 2, 4, 4, 4, 4, 1)
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 1, width: int = 32, blocks: int = 5,
+                 residual: bool = False) -> None:
+        super().__init__()
+        c = width
+        def cin(i, o, s=1):
+            return nn.Sequential(nn.Conv2d(i, o, 3, stride=s, padding=1, bias=False), nn.InstanceNorm2d(o, affine=True),
+                                 nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(cin(in_channels, c), cin(c, c), cin(c, c, 2))
+        dil = [self.DILATIONS[round(i * (len(self.DILATIONS) - 1) / max(1, blocks - 1))] for i in range(blocks)]
+        self.blocks = nn.Sequential(*(_DilatedBlock(c, d) for d in dil))
+        self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), cin(c, c), cin(c, c))
+        self.final = nn.Conv2d(c, out_channels, 1)
+        self.residual = residual
+        if residual:  # starts as the identity, like the other residual surrogates
+            nn.init.zeros_(self.final.weight)
+            nn.init.zeros_(self.final.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.final(self.up(self.blocks(self.stem(x))))
+        return x[:, :out.shape[1]] + out if self.residual else torch.sigmoid(out)
+
+
+class PatchDiscriminator(nn.Module):
+    """The official code's D: 3×3 stride-2 conv blocks (InstanceNorm from the second on,
+    LeakyReLU 0.2), then a 3×3 conv to one channel: a map of real/fake scores per patch."""
+
+    def __init__(self, in_channels: int = 3, width: int = 32, layers: int = 3) -> None:
+        super().__init__()
+        mods, c_in = [], in_channels
+        for i in range(layers):
+            c_out = width * 2 ** i
+            mods += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)]
+            if i:
+                mods += [nn.InstanceNorm2d(c_out, affine=True)]
+            mods += [nn.LeakyReLU(0.2, inplace=True)]
+            c_in = c_out
+        mods += [nn.Conv2d(c_in, 1, 3, padding=1)]
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Embedder(nn.Module):
+    """H: a residual U-Net on cat(B, δ) → B′ = B + correction (zero-initialised: starts at B′ = B)."""
+
+    def __init__(self, width: int = 16, depth: int = 2) -> None:
+        super().__init__()
+        self.net = wm_models.UNet(in_channels=4, out_channels=3, width=width, depth=depth, residual=True)
+        nn.init.zeros_(self.net.final.weight)
+        nn.init.zeros_(self.net.final.bias)
+
+    def forward(self, b: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([b, delta.expand(len(b), -1, -1, -1)], 1)).clamp(0, 1)
+
+
+def lsgan(scores: torch.Tensor, real: bool) -> torch.Tensor:
+    """Least-squares GAN loss: mean (score − 1)² for real, score² for fake."""
+    return F.mse_loss(scores, torch.full_like(scores, 1.0 if real else 0.0))
+
+
+def vgg_path() -> Path | None:
+    """ImageNet VGG-19 weights if present locally ($WM_VGG_WEIGHTS, else torch's hub cache)."""
+    env = os.environ.get("WM_VGG_WEIGHTS")
+    if env:
+        if not Path(env).is_file():
+            raise data.DataError(f"WM_VGG_WEIGHTS={env} is not a file")
+        return Path(env)
+    p = Path(torch.hub.get_dir()) / "checkpoints" / VGG_FILE
+    return p if p.is_file() else None
+
+
+class Perceptual(nn.Module):
+    """MSE between VGG-19 features up to relu3_3 (the SR-attack code's content loss), ImageNet-
+    normalised inputs; weights loaded from a local file, frozen."""
+
+    LAYERS = 16  # VGG-19's features[:16]: conv1_1 … relu3_3 (7 convs)
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        from torchvision.models import vgg
+        self.features = vgg.make_layers(vgg.cfgs["E"])[:self.LAYERS]  # VGG-19's convs, without the classifier
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        needed = {f"features.{k}": k for k in self.features.state_dict()}
+        missing = sorted(set(needed) - set(state))
+        if missing:
+            raise data.DataError(f"{path} is not a torchvision VGG-19 checkpoint: it lacks {', '.join(missing[:3])}")
+        self.features.load_state_dict({k: state[name] for name, k in needed.items()})
+        self.features.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(data.IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(data.IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        f = lambda x: self.features((x - self.mean) / self.std)  # noqa: E731
+        return F.mse_loss(f(out), f(target))
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Config(StudyConfig):
+    """Parameters of the image-processing notebook."""
+
+    profile: str = "cpu"
+    """smoke, cpu or gpu (resolved from auto)."""
+    seed: int = 0
+    """Seeds data, rain, every network and the spread-spectrum patterns."""
+    size: int = 32
+    """Side of the square patches (a multiple of 8)."""
+    n_owner: int = 3000
+    """Owner's training pairs (M, H/R/D, stage 2), from half of the training photos."""
+    n_attacker: int = 3000
+    """Attacker's pairs (every surrogate), from the other half of the photos: disjoint images."""
+    n_test: int = 300
+    """Test pairs, from the test photos."""
+    watermark: str = "logo"
+    """δ: `logo` (data/watermarks/logo.png) or `qr` (a seeded 8×8 binary pattern)."""
+    batch_size: int = 16
+    """Batch of every image network (even: the consistency term compares the two halves)."""
+    rain_density: float = 0.03
+    """Share of pixels seeding a rain streak."""
+    rain_length: int = 9
+    """Streak length in pixels."""
+    rain_strength: float = 0.8
+    """Streak opacity (screen blend)."""
+    m_width: int = 16
+    """Width of the protected deraining U-Net M."""
+    m_epochs: float = 6
+    """Epochs of M (L1 loss)."""
+    h_width: int = 16
+    """Width of the embedding U-Net H (depth 2)."""
+    r_width: int = 16
+    """Width of the extractor R (the code's is 128)."""
+    r_blocks: int = 5
+    """Dilated residual blocks of R (the code has 9)."""
+    d_width: int = 16
+    """Width of the discriminators."""
+    lr: float = 1e-3
+    """Adam learning rate of stage 1 (β1 0.5 as in the code)."""
+    stage1_epochs: float = 8
+    """Epochs of stage 1 (H, R, D jointly)."""
+    w_basic: float = 3e5
+    """Weight of MSE(B′, B). The code's betamse is 1e4 (like every other MSE weight here); at this
+    profile's budget that left B′ at 28.3 dB (measured, 8 epochs), below the invisibility bar of
+    35 dB, so invisibility is weighted 30× more: 45 dB measured."""
+    w_adv: float = 0.01
+    """Weight of H's LSGAN term (the code's betagans)."""
+    w_wm: float = 1e4
+    """Weight of MSE(R(B′), δ)."""
+    w_clean: float = 1e4
+    """Weight of MSE(R(A), δ0) + MSE(R(B), δ0)."""
+    w_cst: float = 1e4
+    """Weight of the consistency MSE between R's outputs on the two halves of a batch."""
+    stage2_epochs: float = 6
+    """Epochs of stage 2 (R only)."""
+    stage2_lr: float = 1e-4
+    """Adam learning rate of stage 2 (the code's)."""
+    sm_width: int = 16
+    """Width of every surrogate."""
+    sm_epochs: float = 6
+    """Epochs of every surrogate."""
+    sm_lr: float = 1e-3
+    """Adam learning rate of the surrogates."""
+    sm_adv_weight: float = 1e-3
+    """Weight of the surrogate's LSGAN term against its content loss (+adv variants)."""
+    sm_archs: tuple = SM_ARCHS
+    """Surrogate architectures of the robustness table (each trained with L2)."""
+    sm_losses: tuple = ("l1", "l1_adv", "l2_adv", "perc_adv")
+    """Further surrogate losses, on the U-Net (L2 is the architecture row)."""
+    defender_sm: str = "unet"
+    """The defender's own surrogate architecture in stage 2 (L2 loss, owner's data)."""
+    tau: float = 0.9
+    """Success: centred NC(R(x), δ) ≥ tau for an image."""
+    ss_bits: tuple = (16, 64, 256)
+    """Payloads L of the spread-spectrum baseline."""
+    ss_psnr: float | None = None
+    """PSNR of the spread-spectrum mark, which sets its strength α = 10^(−psnr/20); None: the deep
+    watermark's measured PSNR, so that both marks are equally visible."""
+    tv_weight: float = 0.1
+    """Weight of the TV denoiser (skimage's Chambolle) protected in experiment 5."""
+    tv_noise: float = 0.08
+    """Std of the Gaussian noise the TV experiment removes."""
+
+    PROFILE_DEFAULTS = {
+        "smoke": dict(size=16, n_owner=96, n_attacker=96, n_test=24, m_width=8, m_epochs=1, h_width=8, r_width=8,
+                      r_blocks=2, d_width=8, stage1_epochs=1, stage2_epochs=1, sm_width=8, sm_epochs=1,
+                      sm_archs=("unet", "ceilnet"), sm_losses=("l1_adv",), ss_bits=(16,)),
+        "cpu": dict(),
+        "gpu": dict(size=64, n_owner=6000, n_attacker=6000, n_test=1000, m_width=32, m_epochs=20, h_width=32,
+                    r_width=64, r_blocks=9, d_width=64, stage1_epochs=40, stage2_epochs=20, sm_width=32,
+                    sm_epochs=20, batch_size=32),
+    }
+
+    def check(self) -> None:
+        def pos_int(name):
+            v = getattr(self, name)
+            require(isinstance(v, int) and v >= 1, name, v, "an integer ≥ 1")
+        for name in ("n_owner", "n_attacker", "n_test", "m_width", "h_width", "r_width", "r_blocks", "d_width",
+                     "sm_width", "rain_length"):
+            pos_int(name)
+        require(isinstance(self.seed, int), "seed", self.seed, "an integer")
+        require(isinstance(self.size, int) and self.size >= 16 and self.size % 8 == 0, "size", self.size,
+                "a multiple of 8, ≥ 16")
+        require(self.watermark in WATERMARKS, "watermark", self.watermark, f"one of {WATERMARKS}")
+        require(isinstance(self.batch_size, int) and self.batch_size >= 2 and self.batch_size % 2 == 0,
+                "batch_size", self.batch_size, "an even integer ≥ 2 (the consistency term pairs halves)")
+        require(self.n_owner >= self.batch_size, "n_owner", self.n_owner, f"≥ batch_size ({self.batch_size})")
+        require(self.n_attacker >= self.batch_size, "n_attacker", self.n_attacker, f"≥ batch_size ({self.batch_size})")
+        require(0 < self.rain_density < 1, "rain_density", self.rain_density, "in (0, 1)")
+        require(0 < self.rain_strength <= 1, "rain_strength", self.rain_strength, "in (0, 1]")
+        for name in ("m_epochs", "stage1_epochs", "stage2_epochs", "sm_epochs", "lr", "stage2_lr", "sm_lr"):
+            require(getattr(self, name) > 0, name, getattr(self, name), "> 0")
+        for name in ("w_basic", "w_adv", "w_wm", "w_clean", "w_cst", "sm_adv_weight", "tv_weight", "tv_noise"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "≥ 0")
+        require(len(self.sm_archs) >= 1 and set(self.sm_archs) <= set(SM_ARCHS), "sm_archs", self.sm_archs,
+                f"a non-empty subset of {SM_ARCHS}")
+        require(set(self.sm_losses) <= set(SM_LOSSES), "sm_losses", self.sm_losses, f"a subset of {SM_LOSSES}")
+        require(self.defender_sm in SM_ARCHS, "defender_sm", self.defender_sm, f"one of {SM_ARCHS}")
+        require(0 < self.tau < 1, "tau", self.tau, "in (0, 1)")
+        require(len(self.ss_bits) >= 1 and all(isinstance(b, int) and 1 <= b <= self.size ** 2 for b in self.ss_bits),
+                "ss_bits", self.ss_bits, f"integers in 1..size² ({self.size ** 2})")
+        require(self.ss_psnr is None or self.ss_psnr > 0, "ss_psnr", self.ss_psnr, "None or > 0 dB")
+
+    @property
+    def rain(self) -> dict:
+        return dict(density=self.rain_density, length=self.rain_length, strength=self.rain_strength)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Training: one explicit loop for every image-to-image network (M and the surrogates)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class History:
+    """Mean loss per epoch and seconds of one training."""
+
+    loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _batches(n: int, batch: int, epochs: float, seed: int, device):
+    """Index batches of seeded permutations, full batches only (the consistency term pairs
+    halves), EPOCHS passes (a fraction: that share of one pass's steps). Yields (epoch, idx)."""
+    per_epoch = max(1, n // batch)
+    total = max(1, round(epochs * per_epoch))
+    g = torch.Generator().manual_seed(seed)
+    step = 0
+    while step < total:
+        perm = torch.randperm(n, generator=g).to(device)
+        for i in range(per_epoch):
+            if step == total:
+                return
+            yield step // per_epoch, perm[i * batch:(i + 1) * batch]
+            step += 1
+
+
+def _decay(opt: torch.optim.Optimizer, n: int, batch: int, epochs: float):
+    """pix2pix's schedule (the official attack code's niter + niter_decay): the learning rate is
+    constant for the first half of the steps, then decays linearly to zero."""
+    total = max(1, round(epochs * max(1, n // batch)))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, 2 * (1 - step / total)))
+
+
+def build_surrogate(arch: str, width: int) -> nn.Module:
+    """A surrogate (or M) that learns a residual correction of its input, as the official
+    SR-attack code does (learn_residual): U-Net (depth 2), ResNet-9/16 (pix2pix generators, here
+    at full resolution) or the CEILNet-like dilated residual net (half resolution).
+
+    The ResNets get half the WIDTH: at full resolution their 18-32 convs would cost 3-6× the
+    U-Net's multiply-adds; at half width every surrogate costs about the same (15-20 M MAC per
+    32×32 patch), so the comparison between architectures is not one of budgets."""
+    if arch == "unet":
+        net = wm_models.UNet(3, 3, width=width, depth=2, residual=True)
+    elif arch in ("resnet9", "resnet16"):
+        net = wm_models.ResNetI2I(3, 3, width=max(1, width // 2), n_blocks=int(arch[6:]), residual=True)
+    elif arch == "ceilnet":
+        return DilatedResNet(3, 3, width=width, blocks=5, residual=True)  # zero-initialised already
+    else:
+        raise ValueError(f"unknown surrogate architecture {arch!r}: choose from {', '.join(SM_ARCHS)}")
+    # a zero final conv: every surrogate starts as the identity (input + 0). Measured on deraining,
+    # 3 epochs: ResNet-9 reaches 25.2 dB from a zero start and 16.1 dB from the default one.
+    nn.init.zeros_(net.final.weight)
+    nn.init.zeros_(net.final.bias)
+    return net
+
+
+def train_i2i(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, epochs: float, lr: float,
+              batch: int, seed: int, adv_weight: float = 0.0, d_width: int = 16,
+              perceptual: Perceptual | None = None) -> History:
+    """Train NET in place to map X → Y (aligned images) with LOSS: l1, l2, l1_adv, l2_adv or
+    perc_adv (perceptual content loss; needs PERCEPTUAL). `_adv` adds ADV_WEIGHT × an LSGAN
+    generator term against a PatchGAN trained alongside. Adam (β1 0.5), no augmentation."""
+    if loss not in SM_LOSSES:
+        raise ValueError(f"unknown loss {loss!r}: choose from {', '.join(SM_LOSSES)}")
+    if loss == "perc_adv" and perceptual is None:
+        raise ValueError("the perc_adv loss needs the VGG-19 weights (Perceptual)")
+    device = x.device
+    seed_everything(seed)
+    net.to(device).train()
+    opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.5, 0.999))
+    disc = opt_d = None
+    if loss.endswith("_adv"):
+        disc = PatchDiscriminator(3, d_width).to(device)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
+    sched = _decay(opt, len(x), batch, epochs)
+    hist, start = History(), time.perf_counter()
+    sums = {}
+    for epoch, idx in _batches(len(x), batch, epochs, seed, device):
+        xb, yb = x[idx], y[idx]
+        out = net(xb)
+        if loss.startswith("l1"):
+            content = F.l1_loss(out, yb)
+        elif loss.startswith("l2"):
+            content = F.mse_loss(out, yb)
+        else:
+            content = perceptual(out, yb)
+        total = content
+        if disc is not None:
+            total = total + adv_weight * lsgan(disc(out), True)
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        sched.step()
+        if disc is not None:  # D: real targets against the generator's (detached) outputs
+            d_loss = 0.5 * (lsgan(disc(yb), True) + lsgan(disc(out.detach()), False))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        sums[epoch] = sums.get(epoch, 0.0) + total.detach()  # stays on the device
+    hist.loss = [float(v) / max(1, len(x) // batch) for v in sums.values()]
+    hist.seconds = time.perf_counter() - start
+    net.eval()
+    return hist
+
+
+def train_target(cfg: Config, pairs: Pairs, seed: int) -> tuple[nn.Module, History]:
+    """The protected model M: a residual U-Net trained rainy → clean with L1 on the owner's pairs."""
+    seed_everything(seed)
+    net = build_surrogate("unet", cfg.m_width).to(pairs.a.device)
+    return net, train_i2i(net, pairs.a, pairs.clean, "l1", cfg.m_epochs, cfg.sm_lr, cfg.batch_size, seed)
+
+
+def train_surrogate(cfg: Config, arch: str, loss: str, a: torch.Tensor, target: torch.Tensor, seed: int,
+                    perceptual: Perceptual | None = None) -> tuple[nn.Module, History]:
+    """The thief: a fresh surrogate ARCH trained on (A, TARGET) with LOSS at the Config's budget."""
+    seed_everything(seed)
+    net = build_surrogate(arch, cfg.sm_width).to(a.device)
+    hist = train_i2i(net, a, target, loss, cfg.sm_epochs, cfg.sm_lr, cfg.batch_size, seed,
+                     adv_weight=cfg.sm_adv_weight, d_width=cfg.d_width, perceptual=perceptual)
+    return net, hist
+
+
+@torch.no_grad()
+def apply(net: nn.Module, x: torch.Tensor, *args, batch: int = 256) -> torch.Tensor:
+    """NET on X in eval mode, in batches, fp32 (extra ARGS passed through, e.g. δ for H)."""
+    net.eval()
+    return torch.cat([net(x[i:i + batch], *args) for i in range(0, len(x), batch)])
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The deep watermark: H, R, D, stage 1 and stage 2, verification
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeepWatermark:
+    """The owner's watermarking system: H embeds δ, R extracts; δ0 is the white blank."""
+
+    h: Embedder
+    r: DilatedResNet
+    delta: torch.Tensor
+
+    @property
+    def blank(self) -> torch.Tensor:
+        return torch.ones_like(self.delta)
+
+    def embed(self, b: torch.Tensor) -> torch.Tensor:
+        """B′ as the API delivers it (8-bit)."""
+        return deliver(apply(self.h, b, self.delta))
+
+    def extract(self, x: torch.Tensor) -> torch.Tensor:
+        return apply(self.r, x)
+
+
+def new_watermark(cfg: Config, device) -> DeepWatermark:
+    seed_everything(_subseed(cfg.seed, "nets"))
+    delta = watermark_image(cfg.watermark, cfg.size, cfg.seed).to(device)
+    return DeepWatermark(Embedder(cfg.h_width).to(device), DilatedResNet(3, 1, cfg.r_width, cfg.r_blocks).to(device), delta)
+
+
+def train_stage1(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tensor, seed: int) -> History:
+    """Stage 1: H, R and D jointly, with the official code's loss (see the module docstring):
+    H: w_basic·MSE(B′, B) + w_adv·LSGAN(D(B′) → real); R: w_wm·MSE(R(B′), δ) + w_clean·(MSE(R(A), δ0)
+    + MSE(R(B), δ0)) + w_cst·MSE(R(B′) first half, second half); one backward for H and R, then D."""
+    device = a.device
+    h, r = wmk.h.train(), wmk.r.train()
+    disc = PatchDiscriminator(3, cfg.d_width).to(device)
+    opt = torch.optim.Adam([*h.parameters(), *r.parameters()], lr=cfg.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    sched = _decay(opt, len(a), cfg.batch_size, cfg.stage1_epochs)
+    hist, start, sums = History(), time.perf_counter(), {}
+    half = cfg.batch_size // 2
+    for epoch, idx in _batches(len(a), cfg.batch_size, cfg.stage1_epochs, seed, device):
+        ab, bb = a[idx], b[idx]
+        b_wm = h(bb, wmk.delta)
+        # one pass of R over the three sets: InstanceNorm is per image, so this equals three passes
+        r_wm, r_a, r_b = r(torch.cat([b_wm, ab, bb])).split(len(idx))
+        d_wm, d_0 = wmk.delta.expand_as(r_wm), wmk.blank.expand_as(r_wm)
+        loss_h = cfg.w_basic * F.mse_loss(b_wm, bb) + cfg.w_adv * lsgan(disc(b_wm), True)
+        loss_r = (cfg.w_wm * F.mse_loss(r_wm, d_wm) + cfg.w_clean * (F.mse_loss(r_a, d_0) + F.mse_loss(r_b, d_0))
+                  + cfg.w_cst * F.mse_loss(r_wm[:half], r_wm[half:]))
+        loss = loss_h + loss_r
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        d_loss = 0.5 * (lsgan(disc(bb), True) + lsgan(disc(b_wm.detach()), False))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        sums[epoch] = sums.get(epoch, 0.0) + loss.detach()
+    hist.loss = [float(v) / max(1, len(a) // cfg.batch_size) for v in sums.values()]
+    hist.seconds = time.perf_counter() - start
+    h.eval(), r.eval()
+    return hist
+
+
+def train_stage2(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tensor, b_wm: torch.Tensor,
+                 b_sm: torch.Tensor, seed: int) -> History:
+    """Stage 2 (adversarial): fine-tune R only, so that B′ and the defender's surrogate outputs
+    B″ → δ while A and B → δ0, with the consistency term on B″; H stays as it is."""
+    r = wmk.r.train()
+    opt = torch.optim.Adam(r.parameters(), lr=cfg.stage2_lr, betas=(0.5, 0.999))
+    sched = _decay(opt, len(a), cfg.batch_size, cfg.stage2_epochs)
+    hist, start, sums = History(), time.perf_counter(), {}
+    half = cfg.batch_size // 2
+    for epoch, idx in _batches(len(a), cfg.batch_size, cfg.stage2_epochs, seed, a.device):
+        r_wm, r_sm, r_a, r_b = r(torch.cat([b_wm[idx], b_sm[idx], a[idx], b[idx]])).split(len(idx))
+        d_wm, d_0 = wmk.delta.expand_as(r_wm), wmk.blank.expand_as(r_wm)
+        loss = cfg.w_wm * (F.mse_loss(r_wm, d_wm) + F.mse_loss(r_sm, d_wm)) \
+            + cfg.w_clean * (F.mse_loss(r_a, d_0) + F.mse_loss(r_b, d_0)) \
+            + cfg.w_cst * F.mse_loss(r_sm[:half], r_sm[half:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        sums[epoch] = sums.get(epoch, 0.0) + loss.detach()
+    hist.loss = [float(v) / max(1, len(a) // cfg.batch_size) for v in sums.values()]
+    hist.seconds = time.perf_counter() - start
+    r.eval()
+    return hist
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """R's verdict on a batch of images: per-image centred and uncentred NC against δ, and the
+    share of images whose centred NC reaches tau (the success rate)."""
+
+    nc: np.ndarray
+    nc_raw: np.ndarray
+    tau: float
+
+    @property
+    def success_rate(self) -> float:
+        return float((self.nc >= self.tau).mean())
+
+    def metrics(self) -> dict[str, float]:
+        return {"nc": float(self.nc.mean()), "nc_raw": float(self.nc_raw.mean()), "success_rate": self.success_rate}
+
+
+def verify(wmk: DeepWatermark, x: torch.Tensor, tau: float) -> Extraction:
+    """Run R on X and score every output against δ."""
+    out = wmk.extract(x)
+    target = wmk.delta.expand_as(out)
+    return Extraction(metrics.nc(out, target, centred=True), metrics.nc(out, target, centred=False), tau)
+
+
+def image_quality(x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM of X against REF."""
+    return {"psnr": float(metrics.psnr(x, ref).mean()), "ssim": float(metrics.ssim(x, ref).mean())}
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. The traditional baseline: additive spread-spectrum bits (Cox et al. 1997), blind decoding
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpreadSpectrum:
+    """L bits, each spread over the whole image by its own seeded ±1 pattern P_k (the same on the
+    three channels). Embedding: B′ = B + α·Σ_k s_k P_k / √L with s_k = ±1, so the mark has
+    per-pixel RMS α whatever L (PSNR ≈ −20·log10 α). Blind decoding (no access to B): the image
+    minus its 3×3 box blur (a high-pass that removes most of the host image), averaged over
+    channels, correlated with each P_k; bit k = 1 where the correlation is positive."""
+
+    bits: torch.Tensor  # L bits (0/1)
+    patterns: torch.Tensor  # L×P×P of ±1
+    alpha: float
+
+    @classmethod
+    def create(cls, n_bits: int, size: int, psnr: float, seed: int) -> SpreadSpectrum:
+        g = torch.Generator().manual_seed(_subseed(seed, f"ss{n_bits}"))
+        bits = torch.randint(0, 2, (n_bits,), generator=g)
+        patterns = torch.randint(0, 2, (n_bits, size, size), generator=g).float() * 2 - 1
+        return cls(bits, patterns, 10 ** (-psnr / 20))
+
+    def mark(self) -> torch.Tensor:
+        s = (self.bits.float() * 2 - 1).view(-1, 1, 1)
+        return self.alpha * (s * self.patterns).sum(0) / math.sqrt(len(self.bits))
+
+    def embed(self, b: torch.Tensor) -> torch.Tensor:
+        return deliver(b + self.mark().to(b.device))
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """N×L decoded bits."""
+        grey = x.mean(1, keepdim=True)
+        high = grey - F.avg_pool2d(grey, 3, stride=1, padding=1, count_include_pad=False)
+        corr = torch.einsum("nhw,lhw->nl", high[:, 0], self.patterns.to(x.device))
+        return (corr > 0).long()
+
+    def bit_accuracy(self, x: torch.Tensor) -> float:
+        """Mean share of correct bits over the images of X."""
+        return float((self.decode(x).cpu() == self.bits).float().mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Protecting a classical algorithm: total-variation denoising
+# ---------------------------------------------------------------------------------------------
+
+
+def add_noise(clean: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
+    """Noisy 8-bit inputs of the TV task: clean + N(0, σ²), delivered as 8-bit."""
+    g = torch.Generator().manual_seed(_subseed(seed, "noise"))
+    return deliver(clean + sigma * torch.randn(clean.shape, generator=g).to(clean.device))
+
+
+def tv_denoise(x: torch.Tensor, weight: float) -> torch.Tensor:
+    """scikit-image's Chambolle TV denoiser, image by image (the 'model' protected in experiment 5)."""
+    from skimage.restoration import denoise_tv_chambolle
+    arr = x.permute(0, 2, 3, 1).cpu().numpy().astype(np.float64)
+    out = np.stack([denoise_tv_chambolle(im, weight=weight, channel_axis=-1) for im in arr])
+    return torch.from_numpy(out).float().permute(0, 3, 1, 2).contiguous().to(x.device)
