@@ -36,7 +36,7 @@ import hashlib
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,7 @@ from torch import nn
 from wm import ROOT, data, metrics
 from wm import models as wm_models
 from wm.config import StudyConfig, require
-from wm.train import seed_everything
+from wm.train import History, seed_everything
 
 WATERMARKS = ("logo", "qr")
 LOGO_PATH = ROOT / "data" / "watermarks" / "logo.png"
@@ -440,12 +440,22 @@ class Config(StudyConfig):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class History:
-    """Mean loss per epoch and seconds of one training."""
+class _LossLog:
+    """Per-epoch mean of the loss, summed on the device (no host sync per step), as wm.train's
+    History (which it returns)."""
 
-    loss: list[float] = field(default_factory=list)
-    seconds: float = 0.0
+    def __init__(self) -> None:
+        self.sums: dict[int, torch.Tensor] = {}
+        self.steps: dict[int, int] = {}
+        self.start = time.perf_counter()
+
+    def add(self, epoch: int, loss: torch.Tensor) -> None:
+        self.sums[epoch] = self.sums.get(epoch, 0.0) + loss.detach()
+        self.steps[epoch] = self.steps.get(epoch, 0) + 1
+
+    def history(self) -> History:
+        return History(loss=[float(v) / self.steps[e] for e, v in self.sums.items()],
+                       seconds=time.perf_counter() - self.start)
 
 
 def _batches(n: int, batch: int, epochs: float, seed: int, device):
@@ -513,8 +523,7 @@ def train_i2i(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, epoch
         disc = PatchDiscriminator(3, d_width).to(device)
         opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
     sched = _decay(opt, len(x), batch, epochs)
-    hist, start = History(), time.perf_counter()
-    sums = {}
+    log = _LossLog()
     for epoch, idx in _batches(len(x), batch, epochs, seed, device):
         xb, yb = x[idx], y[idx]
         out = net(xb)
@@ -536,11 +545,9 @@ def train_i2i(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, epoch
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-        sums[epoch] = sums.get(epoch, 0.0) + total.detach()  # stays on the device
-    hist.loss = [float(v) / max(1, len(x) // batch) for v in sums.values()]
-    hist.seconds = time.perf_counter() - start
+        log.add(epoch, total)
     net.eval()
-    return hist
+    return log.history()
 
 
 def train_target(cfg: Config, pairs: Pairs, seed: int) -> tuple[nn.Module, History]:
@@ -608,7 +615,7 @@ def train_stage1(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tens
     opt = torch.optim.Adam([*h.parameters(), *r.parameters()], lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     sched = _decay(opt, len(a), cfg.batch_size, cfg.stage1_epochs)
-    hist, start, sums = History(), time.perf_counter(), {}
+    log = _LossLog()
     half = cfg.batch_size // 2
     for epoch, idx in _batches(len(a), cfg.batch_size, cfg.stage1_epochs, seed, device):
         ab, bb = a[idx], b[idx]
@@ -628,9 +635,8 @@ def train_stage1(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tens
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        sums[epoch] = sums.get(epoch, 0.0) + loss.detach()
-    hist.loss = [float(v) / max(1, len(a) // cfg.batch_size) for v in sums.values()]
-    hist.seconds = time.perf_counter() - start
+        log.add(epoch, loss)
+    hist = log.history()
     h.eval(), r.eval()
     return hist
 
@@ -642,7 +648,7 @@ def train_stage2(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tens
     r = wmk.r.train()
     opt = torch.optim.Adam(r.parameters(), lr=cfg.stage2_lr, betas=(0.5, 0.999))
     sched = _decay(opt, len(a), cfg.batch_size, cfg.stage2_epochs)
-    hist, start, sums = History(), time.perf_counter(), {}
+    log = _LossLog()
     half = cfg.batch_size // 2
     for epoch, idx in _batches(len(a), cfg.batch_size, cfg.stage2_epochs, seed, a.device):
         r_wm, r_sm, r_a, r_b = r(torch.cat([b_wm[idx], b_sm[idx], a[idx], b[idx]])).split(len(idx))
@@ -654,9 +660,8 @@ def train_stage2(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tens
         loss.backward()
         opt.step()
         sched.step()
-        sums[epoch] = sums.get(epoch, 0.0) + loss.detach()
-    hist.loss = [float(v) / max(1, len(a) // cfg.batch_size) for v in sums.values()]
-    hist.seconds = time.perf_counter() - start
+        log.add(epoch, loss)
+    hist = log.history()
     r.eval()
     return hist
 
