@@ -161,7 +161,8 @@ def test_unet_rejects_bad_size_and_bad_config() -> None:
 
 
 @pytest.mark.parametrize(
-    "cls,kwargs", [(models.UNet, {"width": 8, "depth": 2}), (models.ResNetI2I, {"width": 8, "n_blocks": 2})]
+    "cls,kwargs", [(models.UNet, {"width": 8, "depth": 2}), (models.ResNetI2I, {"width": 8, "n_blocks": 2}),
+                   (models.ResNetI2I, {"width": 8, "n_blocks": 2, "n_down": 2})]
 )
 def test_residual_path(cls: type, kwargs: dict) -> None:
     torch.manual_seed(0)
@@ -187,6 +188,20 @@ def test_resnet_i2i_shapes(side: int, width: int, n_blocks: int) -> None:
         assert model(torch.randn(2, 3, side, side)).shape == (2, 3, side, side)
     blocks = [m for m in model.modules() if m.__class__.__name__ == "_ResBlock"]
     assert len(blocks) == n_blocks
+
+
+@pytest.mark.parametrize("side", [16, 32, 48])
+def test_resnet_i2i_pix2pix_layout(side: int) -> None:
+    """n_down=2 is pix2pix's generator: the blocks run at 4x the width and a quarter of the side."""
+    model = models.ResNetI2I(width=8, n_blocks=3, n_down=2).eval()
+    seen = []
+    model.blocks[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, side, side)).shape == (2, 3, side, side)
+    assert seen == [(2, 32, side // 4, side // 4)]
+    assert sum(isinstance(m, nn.ConvTranspose2d) for m in model.modules()) == 2
+    with pytest.raises(ValueError, match="n_down"):
+        models.ResNetI2I(n_down=-1)
 
 
 def test_resnet_i2i_default_is_resnet9() -> None:

@@ -417,14 +417,15 @@ class ResNetI2I(nn.Module):
     [0, 1] images and residual outputs, so clamping is left to the caller).
     ResNet-9 is ``n_blocks=9``, ResNet-16 ``n_blocks=16``.
 
-    Difference from pix2pix: everything runs at FULL resolution, without the
-    two stride-2 down-samplings and transposed-conv up-samplings. The signals
-    these networks handle (rain streaks, invisible watermark residuals) are
-    pixel-level and high-frequency; the studies' images are small (32-48
-    px) so down-sampling saves little, and full resolution avoids both
-    checkerboard artifacts and any divisibility constraint on H and W. The
-    receptive field is 7 + 4 * n_blocks + 6 pixels (49 px for ResNet-9).
-    Convolutions use reflect padding as in pix2pix, which needs H, W >= 4.
+    ``n_down`` stride-2 3x3 convs (width doubling each time) come after the
+    stem and as many 3x3 stride-2 transposed convs (halving it) before the
+    final conv: ``n_down=2`` is pix2pix's ``resnet_9blocks`` /
+    ``resnet_16blocks`` layout exactly (blocks at 4x width, quarter
+    resolution; H and W must be multiples of 4). ``n_down=0`` (the default)
+    runs everything at FULL resolution, with a receptive field of
+    7 + 4 * n_blocks + 6 pixels (49 px for ResNet-9) and no divisibility
+    constraint. Convolutions use reflect padding as in pix2pix, which needs
+    H, W >= 4.
 
     ``norm`` and ``residual`` behave as in ``UNet``.
     """
@@ -437,23 +438,38 @@ class ResNetI2I(nn.Module):
         n_blocks: int = 9,
         residual: bool = False,
         norm: str = "batch",
+        n_down: int = 0,
     ) -> None:
         super().__init__()
         _check_residual(in_channels, out_channels, residual)
         _check_choice(norm, ("batch", "instance", "none"), "ResNetI2I norm")
+        if not isinstance(n_down, int) or n_down < 0:
+            raise ValueError(f"ResNetI2I n_down must be an integer >= 0, got {n_down!r}")
         self.residual = residual
         self.out_channels = out_channels
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 7, padding=3, bias=(norm == "none"), padding_mode="reflect"),
+        bias = norm == "none"
+        layers = [
+            nn.Conv2d(in_channels, width, 7, padding=3, bias=bias, padding_mode="reflect"),
             _norm2d(norm, width),
             nn.ReLU(inplace=True),
-        )
-        self.blocks = nn.Sequential(*(_ResBlock(width, norm) for _ in range(n_blocks)))
+        ]
+        for i in range(n_down):
+            c = width * 2**i
+            layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=bias), _norm2d(norm, 2 * c), nn.ReLU(inplace=True)]
+        self.stem = nn.Sequential(*layers)
+        inner = width * 2**n_down
+        self.blocks = nn.Sequential(*(_ResBlock(inner, norm) for _ in range(n_blocks)))
+        up = []
+        for i in reversed(range(n_down)):
+            c = width * 2 ** (i + 1)
+            up += [nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
+                   _norm2d(norm, c // 2), nn.ReLU(inplace=True)]
+        self.up = nn.Sequential(*up)
         self.final = nn.Conv2d(width, out_channels, 7, padding=3, padding_mode="reflect")
         _init_relu_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.final(self.blocks(self.stem(x)))
+        out = self.final(self.up(self.blocks(self.stem(x))))
         if self.residual:
             out = out + x[:, : self.out_channels]
         return out
