@@ -1,4 +1,4 @@
-"""Command line: `python3 -m wm {book,test,run,data,setup}`.
+"""Command line: `python3 -m wm {book,test,run,sweep,data,setup}`.
 
 Every command first makes sure it runs inside the project's environment (see wm._setup):
 from a bare `python3` on a fresh clone it builds `.venv/` from the pins and re-executes itself
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from wm import PROFILES, ROOT
-from wm import _setup, runner
+from wm import _setup, runner, sweep
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,6 +39,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=None,
                    help="folder for the executed notebook (default book/; results then go to "
                         "data/results/, otherwise to OUT/results/)")
+
+    s = sub.add_parser("sweep", help="run a study over a grid of parameters, locally or on a Dask cluster")
+    s.add_argument("study", help="a notebook name in notebooks/ (without .ipynb)")
+    s.add_argument("--profile", default="auto", help=f"{', '.join(PROFILES)} or auto (default)")
+    s.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                   help="values of one parameter (repeat for more: the runs are the Cartesian product)")
+    s.add_argument("-p", dest="params", nargs=2, action="append", default=[],
+                   metavar=("NAME", "VALUE"), help="a parameter fixed for every run")
+    s.add_argument("--workers", type=int, default=None, help="local runs at a time (default 1)")
+    s.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask cluster, e.g. tcp://host:8786, instead of locally")
+    s.add_argument("--out", type=Path, default=None,
+                   help="the sweep folder (default data/sweeps/STUDY-PROFILE/)")
 
     b = sub.add_parser("book", help="execute every notebook into book/ and build the HTML book")
     b.add_argument("--profile", default="auto")
@@ -73,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
             runner.check_request(args.study, args.profile, dict(args.params))
         except runner.UsageError as err:
             return _usage_exit(str(err))
+    if args.command == "sweep":
+        try:
+            grid = sweep.check(args.study, args.profile, args.grid, dict(args.params),
+                               args.workers, args.scheduler)
+        except runner.UsageError as err:
+            return _usage_exit(str(err))
     if args.command == "book" and args.profile not in (*PROFILES, "auto"):
         return _usage_exit(f"unknown profile {args.profile!r}")
 
@@ -89,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"wm: Fashion-MNIST verified in {where}", file=sys.stderr)
 
-    if args.command == "test":
+    if args.command == "test":  # tests/test_browser.py drives Debian's Chromium: install it now
+        try:
+            chromium, chromedriver = _setup.ensure_chromium()
+            print(f"wm: Chromium found at {chromium} (driver {chromedriver})", file=sys.stderr)
+        except _setup.BrowserError as err:  # the rest of the suite still runs; the browser test fails
+            print(f"wm: {err}", file=sys.stderr)
         return subprocess.run([sys.executable, "-m", "pytest", *args.pytest_args], cwd=ROOT).returncode
 
     if args.command == "run":
@@ -101,6 +125,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wm: {err}", file=sys.stderr)
             return 1
         print(f"wm: wrote {path}", file=sys.stderr)
+
+    if args.command == "sweep":
+        try:
+            plan = sweep.plan(args.study, args.profile, grid, dict(args.params), args.out)
+        except runner.UsageError as err:
+            return _usage_exit(str(err))
+        try:
+            return sweep.run(plan, workers=args.workers or 1, scheduler=args.scheduler)
+        except RuntimeError as err:
+            print(f"wm: {err}", file=sys.stderr)
+            return 1
 
     if args.command == "book":
         if not args.no_run:

@@ -81,3 +81,54 @@ def reexec_in_venv(argv: list[str]) -> None:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
     os.execve(str(python), [str(python), "-m", "wm", *argv], env)
+
+
+# ---------------------------------------------------------------------------------------------
+# The browser the book's browser test drives (tests/test_browser.py): Debian's Chromium
+# ---------------------------------------------------------------------------------------------
+
+CHROMIUM_PACKAGES = ("chromium", "chromium-driver")
+# Installed without Chromium's recommends (printer tools, a notification daemon, upower), but
+# with the one that matters headless: fonts, so that the screenshots show readable text.
+CHROMIUM_EXTRAS = ("fonts-liberation",)
+
+
+class BrowserError(RuntimeError):
+    """Chromium or its driver is missing and could not be installed: the message says how."""
+
+
+def find_chromium() -> tuple[Path, Path] | None:
+    """(chromium, chromedriver) found on PATH or in /usr/bin, or None if either is missing."""
+    found = []
+    for name in ("chromium", "chromedriver"):
+        path = shutil.which(name) or shutil.which(name, path="/usr/bin")
+        if path is None:
+            return None
+        found.append(Path(path))
+    return found[0], found[1]
+
+
+def ensure_chromium() -> tuple[Path, Path]:
+    """Find Chromium and chromedriver, or install Debian's packages with apt-get when root.
+
+    The browser test never downloads a browser of its own: it drives Debian's `chromium`
+    through Debian's `chromedriver`, the same versions on every run.
+    """
+    found = find_chromium()
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"wm: installing Debian's {' and '.join(CHROMIUM_PACKAGES)} with apt-get", file=sys.stderr, flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        done = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                               *CHROMIUM_PACKAGES, *CHROMIUM_EXTRAS],
+                              capture_output=True, text=True, env=env)
+        found = find_chromium()
+        if found is None:
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-10:])
+            raise BrowserError(f"apt-get install {' '.join(CHROMIUM_PACKAGES)} failed "
+                               f"(exit {done.returncode}); its last lines:\n{tail}")
+    if found is None:
+        raise BrowserError("Chromium and chromedriver are needed by the browser test and are not on PATH "
+                           "or in /usr/bin; install Debian's packages (as root: apt-get install "
+                           f"{' '.join(CHROMIUM_PACKAGES)}) or put both executables on PATH")
+    return found
