@@ -11,8 +11,9 @@ __version__ = "0.1.0"
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root: notebooks/, book/ and data/ are found relative to it."""
 
-STUDIES = ("image_processing", "null_embedding", "watermas")
-"""The three papers' studies, the values of the results table's `study` column."""
+STUDIES = ("image_processing", "null_embedding", "watermas", "attack_suite")
+"""The values of the results table's `study` column: the three papers' studies, and the attack
+suite that runs one threat-model grid across the three methods (wm/attack_suite.py)."""
 
 PROFILES = ("smoke", "cpu", "gpu")
 """Concrete profiles; `auto` resolves to `gpu` when CUDA is available, else `cpu`."""
