@@ -137,6 +137,22 @@ def test_watermas_reembed_writes_the_thiefs_key_and_leaves_the_input():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
+def test_service_piracy_trains_the_thiefs_own_mark_on_the_thiefs_data_and_leaves_the_service():
+    cfg = suite.Config.from_profile("smoke", methods=("deep",))
+    icfg = cfg.ip_config(0)
+    service, *_ = _service(size=cfg.size)
+    a = torch.rand(24, 3, cfg.size, cfg.size)
+    d = suite.SuiteData(att=ip.Pairs(a=a, clean=a.clone()))
+    before = {k: v.clone() for k, v in service.state_dict().items()}
+    thief = suite.service_piracy(cfg, icfg, service, d, epochs=1, seed=1000)
+    owner_delta = ip.watermark_image("logo", cfg.size)
+    assert thief.delta.shape == owner_delta.shape and not torch.equal(thief.delta, owner_delta)  # its own δ′
+    assert torch.equal(thief.delta, ip.watermark_image("qr", cfg.size, 1000))
+    assert all(torch.equal(v, before[k]) for k, v in service.state_dict().items())
+    out = thief.embed(ip.deliver(ip.apply(service, a)))
+    assert out.shape == a.shape and 0 <= out.min() and out.max() <= 1
+
+
 # --- the plan and the Config --------------------------------------------------------------------
 
 def test_every_cell_is_planned_or_explained():
@@ -153,6 +169,7 @@ def test_grid_follows_the_plan():
     assert cfg.grid("watermas", "overwrite") == list(wmas.OVERWRITE_MODES)
     assert cfg.grid("deep", "overwrite") == list(cfg.overwrite_psnr)
     assert cfg.grid("deep", "distill") == [] and cfg.grid("null_embedding", "surrogate") == []
+    assert cfg.grid("deep", "piracy") == [cfg.stage1_epochs]  # the thief's stage 1 at the owner's budget
     only = suite.Config.from_profile("cpu", attacks=("prune",))
     assert only.grid("null_embedding", "finetune") == [] and only.grid("null_embedding", "prune")
 

@@ -27,7 +27,10 @@ What each attack is, per method (`PLAN`; `NOT_RUN` says why a cell is empty):
   service's outputs for the attacker's inputs, the paper's black-box attack.
 * `piracy`: the thief adds a watermark of its own. Null embedding: `null_embedding.pirate` with a
   second party's signature. WaterMAS: a second WaterMAS embedding under the thief's own key
-  (written into the stolen weights, then fine-tuned with the sharpness hook).
+  (written into the stolen weights, then fine-tuned with the sharpness hook). Image service: the
+  thief trains a deep watermark of its own (its H′ and R′, with the image study's recipe and the
+  owner's stage-1 budget, its own QR-like δ′) on the service's outputs for its inputs, and resells
+  H′(service output): the owner's R must still find the owner's logo under the thief's.
 * `overwrite`: WaterMAS's key-aware attack (`watermas.overwrite`: the keyed weights negated,
   zeroed or redrawn; what the WaterMAS chapter calls overwriting). Image service: the thief stamps
   its own additive spread-spectrum mark on every output at a given PSNR (what a thief without
@@ -61,7 +64,7 @@ ATTACKS = ("finetune", "prune", "quantize", "noise", "distill", "surrogate", "ov
 PLAN = {
     "null_embedding": ("finetune", "prune", "quantize", "noise", "distill", "piracy"),
     "watermas": ("finetune", "prune", "quantize", "noise", "distill", "overwrite", "piracy"),
-    "deep": ("finetune", "prune", "quantize", "noise", "surrogate", "overwrite"),
+    "deep": ("finetune", "prune", "quantize", "noise", "surrogate", "overwrite", "piracy"),
 }
 """Which attack runs against which method."""
 
@@ -72,8 +75,6 @@ NOT_RUN = {
                          "black-box counterpart is `surrogate`",
     ("null_embedding", "overwrite"): "the null embedding has no keyed weights or outputs to overwrite; "
                                      "adding a second watermark is its `piracy` row",
-    ("deep", "piracy"): "a thief's own deep H′/R′ would cost a full stage-1 training per seed (minutes on "
-                        "two cores); the cheap claim on the outputs is the `overwrite` row",
 }
 """(method, attack) cells of the suite that are deliberately empty, and why."""
 
@@ -305,6 +306,8 @@ class Config(StudyConfig):
             return []
         if attack == "overwrite":
             return list(wmas.OVERWRITE_MODES) if method == "watermas" else list(self.overwrite_psnr)
+        if attack == "piracy" and method == "deep":  # the thief's stage 1, at the owner's budget
+            return [self.stage1_epochs]
         return list({"finetune": self.finetune_epochs, "prune": self.prune_amounts, "quantize": self.quant_bits,
                      "noise": self.noise_k, "distill": self.distill_epochs, "surrogate": self.surrogate_epochs,
                      "piracy": self.piracy_epochs}[attack])
@@ -462,6 +465,24 @@ def service_attacks(cfg: Config, icfg: ip.Config, net: nn.Module, d: SuiteData, 
         ss = ip.SpreadSpectrum.create(cfg.ss_bits, cfg.size, psnr, seed + _OVERWRITE)
         out = ss.embed(served)
         yield "overwrite", fmt(psnr), out, {"bit_acc": ss.bit_accuracy(out)}
+    for ep in cfg.grid("deep", "piracy"):
+        thief = service_piracy(cfg, icfg, net, d, ep, seed + _PIRATE)
+        out = thief.embed(ip.deliver(ip.apply(net, d.test.a)))
+        sr = ip.verify(thief, out, icfg.tau).success_rate
+        yield "piracy", fmt(ep), out, {"success_rate": sr, "verified": float(sr >= cfg.sr_threshold)}
+
+
+def service_piracy(cfg: Config, icfg: ip.Config, net: nn.Module, d: SuiteData, epochs: float,
+                   seed: int) -> ip.DeepWatermark:
+    """The thief's own deep watermark for the stolen service NET: H′ and R′ with the image study's
+    recipe and a QR-like δ′ of its own, trained (stage 1, EPOCHS) on NET's delivered outputs for the
+    first n_owner of the attacker's inputs: the owner's data budget, on the thief's data."""
+    tcfg = dataclasses.replace(icfg, seed=seed, watermark="qr", stage1_epochs=epochs)
+    k = min(cfg.n_owner, len(d.att.a))
+    a = d.att.a[:k]
+    thief = ip.new_watermark(tcfg, a.device)
+    ip.train_stage1(tcfg, thief, a, ip.deliver(ip.apply(net, a)), seed=seed)
+    return thief
 
 
 def recorder(results) -> Callable[..., None]:
