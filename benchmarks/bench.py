@@ -54,7 +54,7 @@ from wm import data  # noqa: E402
 from wm import image_processing as ip  # noqa: E402
 from wm import null_embedding as nem  # noqa: E402
 from wm import watermas as wmas  # noqa: E402
-from wm.results import device_name  # noqa: E402
+from wm.results import cpu_name, device_name  # noqa: E402
 from wm.train import Hook, fit, make_optimizer, make_schedule, predict, seed_everything  # noqa: E402
 
 BOOK_PAGE = ROOT / "book" / "performance.md"
@@ -725,17 +725,7 @@ def rewrite_book(path: str) -> None:
 
 def _cpu_name() -> str:
     """wm.results.device_name() for the CPU even where CUDA is available."""
-    if not torch.cuda.is_available():
-        return device_name()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU ({cpu}, {torch.get_num_threads()} threads)"
+    return cpu_name()
 
 
 if __name__ == "__main__":

@@ -61,6 +61,12 @@ def device_name() -> str:
     import torch
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
+    return cpu_name()
+
+
+def cpu_name() -> str:
+    """The CPU model and the threads torch uses (what device_name says on a machine without CUDA)."""
+    import torch
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
