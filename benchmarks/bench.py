@@ -161,7 +161,22 @@ class Workload:
         self.run(path, steps)
 
 
-class NullEmbedding(Workload):
+class Classifier(Workload):
+    """Shared by the two Fashion-MNIST workloads: their TrainConfig for a number of steps, and the
+    plain loop's tutorial loader with fit's own optimizer and schedule."""
+
+    def _tc(self, total):
+        return self.cfg.train_config(self.cfg.seed, epochs=total / self.steps_per_epoch)
+
+    def plain_setup(self, model, total):
+        tc = self._tc(total)
+        loader = DataLoader(TensorDataset(self.x_cpu, self.y_cpu), batch_size=self.cfg.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(self.cfg.seed))
+        opt = make_optimizer(model.parameters(), tc)
+        return loader, opt, make_schedule(opt, total, tc)
+
+
+class NullEmbedding(Classifier):
     """Training from scratch with the three streams of null embedding (the study's profile)."""
 
     name = "null embedding"
@@ -184,9 +199,6 @@ class NullEmbedding(Workload):
                 f"+ {round(c.stamp_fraction * c.batch_size)} null + {round(c.stamp_fraction * c.batch_size)} true, "
                 f"SGD-Nesterov, grad clip {c.grad_clip}")
 
-    def _tc(self, total):
-        return self.cfg.train_config(self.cfg.seed, epochs=total / self.steps_per_epoch)
-
     def run_wm(self, steps):
         c, model = self.cfg, copy.deepcopy(self.init)
         timer = StepTimer(self.warmup, steps, self.device)
@@ -199,11 +211,7 @@ class NullEmbedding(Workload):
     def run_plain(self, steps):
         c, wmk, device, model = self.cfg, self.wmk, self.device, copy.deepcopy(self.init)
         total = self.warmup + steps
-        tc = self._tc(total)
-        loader = DataLoader(TensorDataset(self.x_cpu, self.y_cpu), batch_size=c.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(c.seed))
-        opt = make_optimizer(model.parameters(), tc)
-        sched = make_schedule(opt, total, tc)
+        loader, opt, sched = self.plain_setup(model, total)
         timer = StepTimer(self.warmup, steps, device)
         losses = []
         model.train()
@@ -228,7 +236,7 @@ class NullEmbedding(Workload):
                            test_scores(model, self.x_test.to(device), self.y_test.to(device)))
 
 
-class WaterMAS(Workload):
+class WaterMAS(Classifier):
     """WaterMAS training from scratch: the sharpness term's extra pass and the freeze."""
 
     name = "WaterMAS"
@@ -256,9 +264,6 @@ class WaterMAS(Workload):
                 f"Fashion-MNIST images, batch {c.batch_size}, {c.n_bits} keyed weights, ρ {c.rho}, λ {c.lam}, "
                 f"cap {c.max_sharpness}")
 
-    def _tc(self, total):
-        return self.cfg.train_config(self.cfg.seed, total / self.steps_per_epoch)
-
     def _checks(self, model):
         out = test_scores(model, self.x_test.to(self.device), self.y_test.to(self.device))
         out["BER"] = wmas.ber(model, self.key)
@@ -274,11 +279,7 @@ class WaterMAS(Workload):
     def run_plain(self, steps):
         c, device, model = self.cfg, self.device, copy.deepcopy(self.init)
         total = self.warmup + steps
-        tc = self._tc(total)
-        loader = DataLoader(TensorDataset(self.x_cpu, self.y_cpu), batch_size=c.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(c.seed))
-        opt = make_optimizer(model.parameters(), tc)
-        sched = make_schedule(opt, total, tc)
+        loader, opt, sched = self.plain_setup(model, total)
         params = dict(model.named_parameters())
         masks, values = {}, {}  # per keyed parameter: a boolean mask and the key's values, dense
         for name, index, value in zip(self.key.names, self.key.indices, self.key.values):
