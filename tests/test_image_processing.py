@@ -96,6 +96,46 @@ def test_train_i2i_learns_a_mapping_and_checks_its_loss():
         ip.train_i2i(net, x, y, "perc_adv", 1, 1e-3, 16, 0)
 
 
+def test_instance_norm_is_torchs_affine_instance_norm():
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 12, 12) * 3 + 1
+    ours, theirs = ip.InstanceNorm(8), torch.nn.InstanceNorm2d(8, affine=True)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 2), ours.bias.uniform_(-1, 1)
+    theirs.load_state_dict(ours.state_dict())  # the same parameter names
+    assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+    assert torch.allclose(ours(x.contiguous(memory_format=torch.channels_last)), theirs(x), atol=1e-5)
+
+
+def test_speed_picks_precision_and_memory_format(monkeypatch):
+    h, r = ip.Embedder(8), ip.DilatedResNet(3, 1, 8, 2)
+    fp32 = ip._Speed(torch.device("cpu"), amp=False)
+    assert not fp32.bf16
+    assert fp32.layout(h) == fp32.layout(r) == torch.channels_last  # oneDNN's convolutions prefer it
+    monkeypatch.setattr(ip, "bf16_native", lambda device: True)
+    bf16 = ip._Speed(torch.device("cpu"), amp=True)
+    assert bf16.bf16 and not ip._Speed(torch.device("cpu"), amp=False).bf16
+    assert bf16.layout(h) == torch.channels_last  # BatchNorm U-Net
+    assert bf16.layout(r) == torch.contiguous_format  # instance norm: NCHW under bf16
+    assert r.stem[0][0].weight.is_contiguous()
+    with bf16.autocast():
+        assert r(torch.rand(2, 3, 16, 16)).dtype == torch.bfloat16
+    monkeypatch.setattr(ip, "bf16_native", lambda device: False)
+    assert not ip._Speed(torch.device("cpu"), amp=True).bf16  # no native bf16: fp32 whatever amp says
+
+
+def test_bf16_training_learns_and_evaluation_stays_fp32(monkeypatch):
+    monkeypatch.setattr(ip, "bf16_native", lambda device: True)
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 16, 16) * 0.8
+    y = x + 0.1
+    net = ip.build_surrogate("ceilnet", 8)
+    before = torch.nn.functional.mse_loss(ip.apply(net, x), y).item()
+    ip.train_i2i(net, x, y, "l2_adv", epochs=15, lr=3e-3, batch=16, seed=0, adv_weight=1e-3, d_width=8, amp=True)
+    out = ip.apply(net, x)
+    assert out.dtype == torch.float32 and torch.nn.functional.mse_loss(out, y).item() < before / 5
+
+
 def test_perceptual_loads_a_local_vgg19_checkpoint(tmp_path, monkeypatch):
     from torchvision.models import vgg
     features = vgg.make_layers(vgg.cfgs["E"])[:ip.Perceptual.LAYERS]
@@ -169,7 +209,8 @@ def test_stage1_learns_to_separate_marked_from_clean():
                                       ({"watermark": "flower"}, "watermark="), ({"sm_archs": ("vit",)}, "sm_archs="),
                                       ({"sm_losses": ("huber",)}, "sm_losses="), ({"tau": 1.0}, "tau="),
                                       ({"ss_bits": (0,)}, "ss_bits="), ({"n_owner": 4}, "n_owner="),
-                                      ({"rain_density": 0}, "rain_density="), ({"ss_psnr": -1.0}, "ss_psnr=")])
+                                      ({"rain_density": 0}, "rain_density="), ({"ss_psnr": -1.0}, "ss_psnr="),
+                                      ({"amp": "yes"}, "amp=")])
 def test_bad_parameters_fail_early(kw, field):
     with pytest.raises(ValueError, match=field):
         ip.Config.from_profile("cpu", **kw)

@@ -150,7 +150,27 @@ def test_stamped_streams_use_the_requested_share_of_the_batch():
 
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
     NullEmbeddingHook(_wm(), fraction=0.25).extra_loss(Spy(), x, y, None)
-    assert sizes == [4, 4]  # one null pass and one true pass of 16 × 0.25 images
+    assert sizes == [8]  # frozen BatchNorm: one pass over the null- and true-stamped 16 × 0.25 images
+    sizes.clear()
+    NullEmbeddingHook(_wm(), fraction=0.25, bn="shared").extra_loss(Spy(), x, y, None)
+    assert sizes == [4, 4]  # shared statistics: each stream its own pass
+
+
+def test_one_pass_over_both_streams_gives_the_two_pass_losses():
+    # with BatchNorm frozen every sample is treated alone, so concatenating the streams is exact
+    seed_everything(0)
+    model = models.build("smallcnn", in_channels=1, num_classes=10, width=8).train()
+    x, y = torch.rand(32, 1, 28, 28), torch.randint(0, 10, (32,))
+    w = _wm()
+    hook = NullEmbeddingHook(w, w_null=1.0, w_true=0.0)
+    with frozen_batchnorm(model):
+        two_pass = torch.nn.functional.cross_entropy(model(stamp(x, w, "null")), y)
+    assert torch.allclose(hook.extra_loss(model, x, y, None), two_pass, rtol=1e-5, atol=1e-6)
+    hook = NullEmbeddingHook(w, w_null=0.0, w_true=1.0)
+    with frozen_batchnorm(model):
+        two_pass = torch.nn.functional.cross_entropy(model(stamp(x, w, "true")), torch.full_like(y, w.target))
+    assert torch.allclose(hook.extra_loss(model, x, y, None), two_pass, rtol=1e-5, atol=1e-6)
+    assert all(m.training for m in model.modules())  # BatchNorm back in training mode afterwards
 
 
 def test_transferred_accuracies_find_the_forced_class():
