@@ -403,8 +403,9 @@ class Config(StudyConfig):
     tv_noise: float = 0.08
     """Std of the Gaussian noise the TV experiment removes."""
     amp: bool = True
-    """Train every image network under bf16 autocast where the device computes bf16 natively (CUDA;
-    CPUs with AMX): see `bf16_native`. Elsewhere, or when False, fp32. Evaluation is always fp32."""
+    """Train H, R and D (stage 1) under bf16 autocast where the device computes bf16 natively (CUDA;
+    CPUs with AMX): see `bf16_native` and `_Speed`. Elsewhere, or when False, fp32. Stage 2, M and
+    the surrogates always train in fp32, and evaluation is fp32."""
 
     PROFILE_DEFAULTS = {
         "smoke": dict(size=16, n_owner=96, n_attacker=96, n_test=24, m_width=8, m_epochs=1, h_width=8, r_width=8,
@@ -509,12 +510,17 @@ def bf16_native(device: torch.device | str) -> bool:
 
 class _Speed:
     """How a training loop runs its networks (not what it computes): bf16 autocast if AMP and the
-    device computes bf16 natively, and each network's memory format. Measured on 2 AMX cores
-    (benchmarks/bench.py): bf16 makes a stage-1 step 1.4x faster than fp32, a U-Net surrogate's
-    2.3x. channels_last speeds oneDNN's convolutions up (fp32: stage 1 1.08x, U-Net 1.35x), but
-    oneDNN's bf16 GroupNorm is 9x slower in it than in NCHW, more than the convolutions gain, so
-    under bf16 a network with instance normalisation (R, D, CEILNet) stays NCHW. The losses are
-    computed in fp32 on the networks' outputs; `apply` (evaluation) is fp32 whatever this says."""
+    device computes bf16 natively, and each network's memory format. channels_last speeds oneDNN's
+    convolutions up (fp32: a stage-1 step 1.08x, a U-Net surrogate's 1.35x on 2 cores), but its
+    bf16 GroupNorm is 9x slower in channels_last than in NCHW, more than the convolutions gain, so
+    under bf16 a network with instance normalisation (R, D) stays NCHW. The losses are computed in
+    fp32 on the networks' outputs; `apply` (evaluation) is fp32 whatever this says.
+
+    Only stage 1 uses bf16 (cfg.amp): 1.4x a step on 2 AMX cores. Measured on the cpu profile
+    (seed 0) with every image loop in bf16, the thief's plain-L1/L2 surrogates no longer learnt
+    the hidden logo (stage-1 R's success rate on them 0.99 → 0.00), and the stage-2 R fitted to
+    them then fired on clean outputs (0.77): the bf16 surrogates change the result, so M, the
+    surrogates and stage 2 train in fp32."""
 
     def __init__(self, device: torch.device, amp: bool) -> None:
         self.device = device
@@ -569,11 +575,11 @@ def build_surrogate(arch: str, width: int) -> nn.Module:
 
 def train_i2i(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, epochs: float, lr: float,
               batch: int, seed: int, adv_weight: float = 0.0, d_width: int = 16,
-              perceptual: Perceptual | None = None, amp: bool = True) -> History:
+              perceptual: Perceptual | None = None) -> History:
     """Train NET in place to map X → Y (aligned images) with LOSS: l1, l2, l1_adv, l2_adv or
     perc_adv (perceptual content loss; needs PERCEPTUAL). `_adv` adds ADV_WEIGHT × an LSGAN
-    generator term against a PatchGAN trained alongside. Adam (β1 0.5), no augmentation; AMP:
-    see `_Speed`."""
+    generator term against a PatchGAN trained alongside. Adam (β1 0.5), no augmentation, fp32
+    (channels_last: `_Speed`)."""
     if loss not in SM_LOSSES:
         raise ValueError(f"unknown loss {loss!r}: choose from {', '.join(SM_LOSSES)}")
     if loss == "perc_adv" and perceptual is None:
@@ -581,7 +587,7 @@ def train_i2i(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, epoch
     device = x.device
     seed_everything(seed)
     net.to(device).train()
-    speed = _Speed(device, amp)
+    speed = _Speed(device, amp=False)  # fp32: see _Speed for what bf16 did to the surrogates
     fmt = speed.layout(net)
     opt = _adam(net.parameters(), lr)
     disc = opt_d = None
@@ -630,7 +636,7 @@ def train_target(cfg: Config, pairs: Pairs, seed: int) -> tuple[nn.Module, Histo
     """The protected model M: a residual U-Net trained rainy → clean with L1 on the owner's pairs."""
     seed_everything(seed)
     net = build_surrogate("unet", cfg.m_width).to(pairs.a.device)
-    return net, train_i2i(net, pairs.a, pairs.clean, "l1", cfg.m_epochs, cfg.sm_lr, cfg.batch_size, seed, amp=cfg.amp)
+    return net, train_i2i(net, pairs.a, pairs.clean, "l1", cfg.m_epochs, cfg.sm_lr, cfg.batch_size, seed)
 
 
 def train_surrogate(cfg: Config, arch: str, loss: str, a: torch.Tensor, target: torch.Tensor, seed: int,
@@ -639,7 +645,7 @@ def train_surrogate(cfg: Config, arch: str, loss: str, a: torch.Tensor, target: 
     seed_everything(seed)
     net = build_surrogate(arch, cfg.sm_width).to(a.device)
     hist = train_i2i(net, a, target, loss, cfg.sm_epochs, cfg.sm_lr, cfg.batch_size, seed,
-                     adv_weight=cfg.sm_adv_weight, d_width=cfg.d_width, perceptual=perceptual, amp=cfg.amp)
+                     adv_weight=cfg.sm_adv_weight, d_width=cfg.d_width, perceptual=perceptual)
     return net, hist
 
 
@@ -736,7 +742,7 @@ def train_stage2(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tens
     """Stage 2 (adversarial): fine-tune R only, so that B′ and the defender's surrogate outputs
     B″ → δ while A and B → δ0, with the consistency term on B″; H stays as it is."""
     r = wmk.r.train()
-    speed = _Speed(a.device, cfg.amp)
+    speed = _Speed(a.device, amp=False)  # fp32, like the surrogates whose outputs R learns from here
     fmt = speed.layout(r)
     opt = _adam(r.parameters(), cfg.stage2_lr)
     sched = _decay(opt, len(a), cfg.batch_size, cfg.stage2_epochs)
