@@ -653,7 +653,7 @@ def book_page(rows: list[Row], args, devices: dict[str, str], started: str) -> s
                   "after it; `benchmarks/before_after.py` sets the published results of both executions side "
                   "by side (the image study and its part of the attack suite also changed precision: stage 1 "
                   "now trains in bf16 on this CPU).", "",
-                  BEFORE_AFTER.read_text().replace("\n### ", "\n#### ").replace("### ", "#### ", 1), ""]
+                  BEFORE_AFTER.read_text(), ""]  # its studies are ### sections of this ## one
     walls = wall_times()
     parts += ["## Per-notebook wall time", "",
               "From the provenance sidecars of the published results (`data/results/<study>.json`): the wall "

@@ -67,4 +67,4 @@ def test_performance_page_holds_reference_rows_to_no_target(tmp_path, monkeypatc
     (tmp_path / "ba.md").write_text("Before: x\n\n### null_embedding\n\n| row |\n")
     monkeypatch.setattr(bench, "BEFORE_AFTER", tmp_path / "ba.md")
     page = bench.book_page(rows, args, {"cpu": "a CPU"}, "today")
-    assert "## Results before and after the speed work" in page and "#### null_embedding" in page
+    assert "## Results before and after the speed work" in page and "\n### null_embedding" in page
