@@ -533,10 +533,16 @@ class _Speed:
 
     def layout(self, net: nn.Module) -> torch.memory_format:
         """Put NET in its memory format and return it (inputs go `.contiguous(memory_format=...)`)."""
-        nchw = self.bf16 and any(isinstance(m, nn.GroupNorm) for m in net.modules())
-        fmt = torch.contiguous_format if nchw else torch.channels_last
-        net.to(memory_format=fmt)
-        return fmt
+        if self.bf16 and any(isinstance(m, nn.GroupNorm) for m in net.modules()):
+            net.to(memory_format=torch.contiguous_format)
+            return torch.contiguous_format
+        return _channels_last(net)
+
+
+def _channels_last(net: nn.Module) -> torch.memory_format:
+    """NET in channels_last (the fp32 loops' format: see `_Speed`); returns the format."""
+    net.to(memory_format=torch.channels_last)
+    return torch.channels_last
 
 
 def _decay(opt: torch.optim.Optimizer, n: int, batch: int, epochs: float):
@@ -587,20 +593,18 @@ def train_i2i(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, epoch
     device = x.device
     seed_everything(seed)
     net.to(device).train()
-    speed = _Speed(device, amp=False)  # fp32: see _Speed for what bf16 did to the surrogates
-    fmt = speed.layout(net)
+    fmt = _channels_last(net)  # and fp32: see _Speed for what bf16 did to the surrogates
     opt = _adam(net.parameters(), lr)
     disc = opt_d = None
     if loss.endswith("_adv"):
         disc = PatchDiscriminator(3, d_width).to(device)
-        fmt_d = speed.layout(disc)
+        _channels_last(disc)
         opt_d = _adam(disc.parameters(), lr)
     sched = _decay(opt, len(x), batch, epochs)
     log = _LossLog()
     for epoch, idx in _batches(len(x), batch, epochs, seed, device):
         xb, yb = x[idx].contiguous(memory_format=fmt), y[idx]
-        with speed.autocast():
-            out = net(xb).float()
+        out = net(xb)
         if loss.startswith("l1"):
             content = F.l1_loss(out, yb)
         elif loss.startswith("l2"):
@@ -610,9 +614,7 @@ def train_i2i(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, epoch
         total = content
         if disc is not None:
             disc.requires_grad_(False)  # the generator's term needs D's input gradient, not D's weights'
-            with speed.autocast():
-                scores = disc(out.contiguous(memory_format=fmt_d)).float()
-            total = total + adv_weight * lsgan(scores, True)
+            total = total + adv_weight * lsgan(disc(out), True)
         opt.zero_grad(set_to_none=True)
         total.backward()
         if disc is not None:
@@ -620,10 +622,7 @@ def train_i2i(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, epoch
         opt.step()
         sched.step()
         if disc is not None:  # D: real targets against the generator's (detached) outputs
-            with speed.autocast():
-                real = disc(yb.contiguous(memory_format=fmt_d)).float()
-                fake = disc(out.detach().contiguous(memory_format=fmt_d)).float()
-            d_loss = 0.5 * (lsgan(real, True) + lsgan(fake, False))
+            d_loss = 0.5 * (lsgan(disc(yb), True) + lsgan(disc(out.detach()), False))
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
@@ -742,15 +741,13 @@ def train_stage2(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tens
     """Stage 2 (adversarial): fine-tune R only, so that B′ and the defender's surrogate outputs
     B″ → δ while A and B → δ0, with the consistency term on B″; H stays as it is."""
     r = wmk.r.train()
-    speed = _Speed(a.device, amp=False)  # fp32, like the surrogates whose outputs R learns from here
-    fmt = speed.layout(r)
+    fmt = _channels_last(r)  # and fp32, like the surrogates whose outputs R learns from here
     opt = _adam(r.parameters(), cfg.stage2_lr)
     sched = _decay(opt, len(a), cfg.batch_size, cfg.stage2_epochs)
     log = _LossLog()
     half = cfg.batch_size // 2
     for epoch, idx in _batches(len(a), cfg.batch_size, cfg.stage2_epochs, seed, a.device):
-        with speed.autocast():
-            r_all = r(torch.cat([b_wm[idx], b_sm[idx], a[idx], b[idx]]).contiguous(memory_format=fmt)).float()
+        r_all = r(torch.cat([b_wm[idx], b_sm[idx], a[idx], b[idx]]).contiguous(memory_format=fmt))
         r_wm, r_sm, r_a, r_b = r_all.split(len(idx))
         d_wm, d_0 = wmk.delta.expand_as(r_wm), wmk.blank.expand_as(r_wm)
         loss = cfg.w_wm * (F.mse_loss(r_wm, d_wm) + F.mse_loss(r_sm, d_wm)) \
