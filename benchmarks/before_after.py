@@ -24,7 +24,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ("null_embedding", "watermas", "image_processing", "attack_suite")
-KEYS = ["method", "model", "experiment", "attack", "strength", "metric"]
+KEYS = ["method", "model", "experiment", "attack", "strength", "metric", "case"]
 # what the headline table shows of each study (the rest is summarised per metric)
 HEADLINE = {
     "null_embedding": lambda d: d.experiment.isin(["fidelity", "false_positive", "transfer"]),
@@ -49,6 +49,8 @@ def load(rev: str | None, study: str) -> tuple[pd.DataFrame | None, dict]:
     if text is None:
         return None, {}
     d = pd.read_csv(io.StringIO(text), keep_default_na=False)
+    if "case" not in d.columns:  # tables from before wm.results had the column
+        d["case"] = ""
     d = d[~d.metric.str.contains("seconds")]
     d["value"] = pd.to_numeric(d.value, errors="coerce")
     d = d.dropna(subset=["value"])

@@ -49,6 +49,16 @@ def test_wm_data_is_searched_first(tmp_path, monkeypatch):
     assert data.find_fashion_mnist() == dst
 
 
+def test_a_partial_wm_data_folder_is_named(tmp_path, monkeypatch):
+    dst = _stage(tmp_path, lambda d: (d / "t10k-labels-idx1-ubyte.gz").unlink())
+    monkeypatch.setenv("WM_DATA", str(tmp_path))
+    with pytest.raises(data.DataError, match=f"{dst} .from WM_DATA. lacks t10k-labels-idx1-ubyte.gz"):
+        data.find_fashion_mnist()
+    monkeypatch.setenv("WM_DATA", str(tmp_path / "nosuch"))
+    with pytest.raises(data.DataError, match="is not a folder"):
+        data.find_fashion_mnist()
+
+
 def test_truncated_file_is_refused_with_its_name(tmp_path, monkeypatch):
     def truncate(d):
         p = d / "t10k-images-idx3-ubyte.gz"

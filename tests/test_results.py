@@ -38,9 +38,34 @@ def test_load_round_trip(tmp_path):
         results.load("watermas", tmp_path)
 
 
-def test_results_dir_follows_the_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("WM_RESULTS_DIR", str(tmp_path / "r"))
-    assert _table().save().parent == tmp_path / "r"
+def test_results_go_to_the_runs_folder_never_to_the_published_tables(tmp_path, monkeypatch):
+    monkeypatch.setenv("WM_OUT", str(tmp_path / "r"))
+    assert _table().save().parent == tmp_path / "r" / "results"
+    # without the runner's WM_OUT: a scratch folder under runs/, named once per process
+    monkeypatch.delenv("WM_OUT")
+    monkeypatch.setattr(results, "_scratch", None)
+    monkeypatch.setattr(results, "SCRATCH", tmp_path / "runs")
+    table = _table()
+    assert results.results_dir().parent.parent == tmp_path / "runs"
+    assert results.results_dir().parent.name.startswith("null_embedding-smoke-")
+    assert table.save().parent == results.results_dir() != results.PUBLISHED_RESULTS
+
+
+def test_one_measurement_is_recorded_once_and_case_tells_controls_apart():
+    r = _table()
+    with pytest.raises(ValueError, match="twice"):
+        r.add(method="null_embedding", model="smallcnn", experiment="fidelity", seed=0, metric="test_acc", value=0.5)
+    r.add(method="null_embedding", model="smallcnn", experiment="false_positive", seed=0, metric="verified",
+          value=0.0, case="random signature")
+    r.add(method="null_embedding", model="smallcnn", experiment="false_positive", seed=0, metric="verified",
+          value=0.0, case="forged signature")
+    assert r.frame().case.tolist() == ["", "", "random signature", "forged signature"]
+
+
+def test_tables_without_the_case_column_still_load(tmp_path):
+    (tmp_path / "watermas.csv").write_text("study,method,model,experiment,attack,strength,seed,metric,value,profile\n"
+                                           "watermas,none,smallcnn,fidelity,none,,0,test_acc,0.9,cpu\n")
+    assert results.load("watermas", tmp_path).case.tolist() == [""]
 
 
 @pytest.mark.parametrize("kw,msg", [

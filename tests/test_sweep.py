@@ -60,6 +60,13 @@ def _read(path: Path) -> pd.DataFrame:
     (["sweep", "quickstart", "--profile", "smoke", "--grid", "seed=1,1"], "same run twice"),
     (["sweep", "quickstart", "--grid", "seed=1", "--workers", "2", "--scheduler", "tcp://h:8786"],
      "--workers"),
+    (["sweep", "quickstart", "--grid", "seed=1", "--scheduler", "notaurl"], "not a Dask scheduler address"),
+    (["sweep", "quickstart", "--grid", "seed=1", "--scheduler", "tcp://host"], "not a Dask scheduler address"),
+    (["sweep", "quickstart", "--grid", "seed=1", "--scheduler", "tcp://host:99999"], "not a Dask scheduler address"),
+    (["sweep", "quickstart", "--grid", "seed=1", "--threads", "0"], "--threads 0"),
+    (["sweep", "quickstart", "--grid", "seed=1", "--workers", str((os.cpu_count() or 1) + 1)], "cores"),
+    (["sweep", "quickstart", "--grid", "seed=1", "--threads", str((os.cpu_count() or 1) + 1)], "cores"),
+    (["sweep", "quickstart", "--profile", "smoke", "--grid", "epochs=1,nan"], "epochs=nan"),
 ])
 def test_usage_errors_are_one_line_exit_2_and_write_nothing(tmp_path, args, needle):
     out = tmp_path / "sweep"
@@ -68,6 +75,13 @@ def test_usage_errors_are_one_line_exit_2_and_write_nothing(tmp_path, args, need
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], done.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("out,needle", [("README.md", "is a file"), ("README.md/sub", "cannot be created"),
+                                        ("data/results", "--publish")])
+def test_a_bad_sweep_folder_is_refused(out, needle):
+    done = _wm("sweep", "quickstart", "--grid", "seed=1", "--out", out)
+    assert done.returncode == 2 and needle in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 # -------------------------------------------------------------------- keys and the merged table
@@ -84,8 +98,23 @@ def test_grid_is_the_cartesian_product_and_keys_ignore_order():
     # the key covers the profile, the fixed parameters and the code version
     assert sweep.plan("quickstart", "cpu", grid, {"epochs": "1"}).runs[0].key != a.runs[0].key
     assert sweep.plan("quickstart", "smoke", grid, {"epochs": "2"}).runs[0].key != a.runs[0].key
-    assert sweep.run_key("quickstart", "smoke", {"seed": 0}, "c+1") != sweep.run_key("quickstart", "smoke",
-                                                                                     {"seed": 0}, "c+2")
+    key = sweep.run_key("quickstart", "smoke", {"seed": 0}, "c+1", 1, "cpu:x")
+    assert key != sweep.run_key("quickstart", "smoke", {"seed": 0}, "c+2", 1, "cpu:x")
+
+
+def test_the_thread_count_and_the_device_are_part_of_the_key():
+    """They change CPU results at float level: runs that differ in them never share a key."""
+    grid = {"seed": ["0"]}
+    one = sweep.plan("quickstart", "smoke", grid, {}, threads=1).runs[0].key
+    assert sweep.plan("quickstart", "smoke", grid, {}, threads=2).runs[0].key != one
+    assert sweep.run_key("quickstart", "smoke", {"seed": 0}, "c", 1, "cpu:A") != \
+        sweep.run_key("quickstart", "smoke", {"seed": 0}, "c", 1, "cpu:B")
+    # a local sweep with one thread per run and a Dask sweep (one thread by default) share keys
+    local = sweep.plan("quickstart", "smoke", grid, {}, workers=os.cpu_count() or 1)
+    dask = sweep.plan("quickstart", "smoke", grid, {}, scheduler="tcp://h:8786")
+    assert local.threads == dask.threads == 1 and local.runs[0].key == dask.runs[0].key == one
+    # by default local workers share the cores
+    assert sweep.plan("quickstart", "smoke", grid, {}, workers=1).threads == os.cpu_count()
 
 
 def test_an_uncommitted_edit_changes_the_code_version(tmp_path, monkeypatch):
@@ -119,9 +148,9 @@ HEADER = "study,method,model,experiment,attack,strength,seed,metric,value,profil
 ROW = "quickstart,none,smallcnn,robustness,prune,{strength},{seed},test_acc,{value},smoke\n"
 
 
-def test_merge_adds_param_and_run_columns_and_drops_exact_duplicates(tmp_path):
+def test_merge_adds_param_and_run_columns_and_keeps_every_row(tmp_path):
     plan = _fake_sweep(tmp_path, [
-        HEADER + ROW.format(strength=0.1, seed=0, value=0.5) * 2 + ROW.format(strength=0.3, seed=0, value=0.25),
+        HEADER + ROW.format(strength=0.1, seed=0, value=0.5) + ROW.format(strength=0.3, seed=0, value=0.25),
         HEADER + ROW.format(strength=0.1, seed=1, value=0.75)])
     table = _read(sweep.merge(plan))
     assert list(table.columns[-2:]) == ["param_seed", "run"]
@@ -129,21 +158,14 @@ def test_merge_adds_param_and_run_columns_and_drops_exact_duplicates(tmp_path):
     assert table.run.tolist() == [plan.runs[0].key] * 2 + [plan.runs[1].key]
     side = json.loads((tmp_path / "quickstart.json").read_text())
     assert side["finished"] == 2 and side["rows"] == 3
-
-
-def test_merge_fails_loudly_on_two_values_for_one_measurement(tmp_path):
-    plan = _fake_sweep(tmp_path, [HEADER + ROW.format(strength=0.1, seed=0, value=0.5)
-                                  + ROW.format(strength=0.1, seed=0, value=0.4)])
-    with pytest.raises(RuntimeError, match="records a measurement twice"):
-        sweep.merge(plan)
-    assert not (tmp_path / "quickstart.csv").exists()
+    assert side["threads"] == plan.threads and side["device"] == plan.device
 
 
 def test_a_failed_run_is_reported_the_others_finish_and_a_rerun_retries_only_it(tmp_path, monkeypatch):
     """The orchestration alone, with `execute` (the child process) replaced by a fake."""
     calls = []
 
-    def fake_execute(study, profile, args, out):
+    def fake_execute(study, profile, args, out, threads=1, allow_cpu=False):
         calls.append(args["seed"])
         if args["seed"] == "1" and calls.count("1") == 1:
             raise sweep.RunFailed("exit 1: boom")
@@ -162,6 +184,22 @@ def test_a_failed_run_is_reported_the_others_finish_and_a_rerun_retries_only_it(
     assert sweep.run(plan, workers=2) == 0  # only the failed run again
     assert sorted(calls) == ["0", "1", "1", "2"]
     assert _read(tmp_path / "quickstart.csv").param_seed.tolist() == ["0", "1", "2"]
+
+
+@pytest.mark.slow
+def test_controls_sharing_a_key_all_reach_the_table_with_a_changed_threshold(tmp_path):
+    """null embedding's false-positive controls share every column but `case`: the merged table
+    holds all of them (before, 4 rows per run were dropped, and -p threshold 0.05 raised)."""
+    out = tmp_path / "ne"
+    done = _wm("sweep", "null_embedding", "--profile", "smoke", "--grid", "seed=0", "-p", "threshold", "0.05",
+               "--out", str(out), timeout=600)
+    assert done.returncode == 0, done.stderr
+    table = _read(out / "null_embedding.csv")
+    (key,) = set(table.run)
+    own = _read(out / "runs" / key / "results" / "null_embedding.csv")
+    assert len(table) == len(own)
+    fp = table[table.experiment == "false_positive"]
+    assert len(fp) == 5 and fp.case.nunique() == 5
 
 
 # --------------------------------------------------------------- killed, resumed, and on Dask

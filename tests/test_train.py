@@ -109,3 +109,23 @@ def test_regression_losses_and_predict_restores_mode():
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=f"TrainConfig.{field}="):
         TrainConfig(**{field: value})
+
+
+def test_fit_refuses_an_empty_training_set():
+    model = torch.nn.Linear(4, 2)
+    with pytest.raises(ValueError, match="non-empty training set"):
+        fit(model, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), TrainConfig(epochs=1))
+
+
+def test_progress_lines_go_to_the_process_stderr_only_when_asked(monkeypatch, capfd):
+    from wm.progress import Progress
+    monkeypatch.setenv("WM_PROGRESS", "1")
+    monkeypatch.setenv("WM_PROGRESS_SECONDS", "0")
+    live = Progress("training X", total=4, epochs=2)
+    for step in range(1, 5):
+        live.update(step, (step - 1) // 2)
+    err = capfd.readouterr().err
+    assert "wm: training X: epoch 1/2, step 1/4" in err and "epoch 2/2, step 4/4" in err
+    monkeypatch.setenv("WM_PROGRESS", "0")
+    Progress("training Y", total=1).update(1)
+    assert "training Y" not in capfd.readouterr().err

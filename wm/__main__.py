@@ -8,6 +8,7 @@ there. Usage errors are caught before that, so they cost nothing and write nothi
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import time
@@ -37,8 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-p", dest="params", nargs=2, action="append", default=[],
                    metavar=("NAME", "VALUE"), help="override one notebook parameter")
     r.add_argument("--out", type=Path, default=None,
-                   help="folder for the executed notebook (default book/; results then go to "
-                        "data/results/, otherwise to OUT/results/)")
+                   help="the run's folder: the executed notebook, results/ and figures/ (default: a new "
+                        "runs/STUDY-PROFILE-TIME/); nothing in book/ or data/results/ changes")
+    r.add_argument("--publish", action="store_true",
+                   help="from a clean tree: then move the finished notebook, its table, sidecar and "
+                        "figures into book/ and data/results/ (the published chapter)")
+    r.add_argument("--allow-cpu", action="store_true",
+                   help="let --profile gpu run on a machine without CUDA (its code paths, on the CPU)")
 
     s = sub.add_parser("sweep", help="run a study over a grid of parameters, locally or on a Dask cluster")
     s.add_argument("study", help="a notebook name in notebooks/ (without .ipynb)")
@@ -48,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-p", dest="params", nargs=2, action="append", default=[],
                    metavar=("NAME", "VALUE"), help="a parameter fixed for every run")
     s.add_argument("--workers", type=int, default=None, help="local runs at a time (default 1)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of each run (default: the cores / --workers locally, 1 on Dask); "
+                        "part of each run's key, since the thread count changes CPU results")
+    s.add_argument("--oversubscribe", action="store_true",
+                   help="allow --workers x --threads above this machine's cores")
+    s.add_argument("--allow-cpu", action="store_true", help="as for run: --profile gpu without CUDA")
     s.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on an existing Dask cluster, e.g. tcp://host:8786, instead of locally")
     s.add_argument("--out", type=Path, default=None,
@@ -57,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--profile", default="auto")
     b.add_argument("--no-run", action="store_true",
                    help="build from the executed notebooks already in book/")
+    b.add_argument("--allow-cpu", action="store_true", help="as for run: --profile gpu without CUDA")
     b.add_argument("--path-output", type=Path, default=ROOT,
                    help="where _build/ goes (default: the repository root)")
 
@@ -77,23 +90,33 @@ def build_book(path_output: Path) -> Path:
     return path_output / "_build" / "html" / "index.html"
 
 
+def _terminated(signum, frame):
+    """SIGTERM unwinds like Ctrl-C: temporary folders are removed and the kernel is shut down."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminated)
 
-    if args.command == "run":  # validate before building anything
-        try:
+    try:  # validate before building anything
+        if args.command == "run":
+            if args.publish and args.out is not None:
+                raise runner.UsageError("--publish writes into book/ and data/results/: leave out --out")
+            runner.check_out(args.out)
             runner.check_request(args.study, args.profile, dict(args.params))
-        except runner.UsageError as err:
-            return _usage_exit(str(err))
-    if args.command == "sweep":
-        try:
+            if args.publish:
+                runner.check_publishable()
+        if args.command == "sweep":
             grid = sweep.check(args.study, args.profile, args.grid, dict(args.params),
-                               args.workers, args.scheduler)
-        except runner.UsageError as err:
-            return _usage_exit(str(err))
-    if args.command == "book" and args.profile not in (*PROFILES, "auto"):
-        return _usage_exit(f"unknown profile {args.profile!r}")
+                               args.workers, args.scheduler, args.threads, args.oversubscribe, args.out)
+        if args.command == "book" and args.profile not in (*PROFILES, "auto"):
+            raise runner.UsageError(f"unknown profile {args.profile!r}")
+        if args.command == "book" and not args.no_run:
+            runner.check_publishable()
+    except runner.UsageError as err:
+        return _usage_exit(str(err))
 
     if not _setup.in_project_env():
         _setup.reexec_in_venv(argv)
@@ -118,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "run":
         try:
-            path = runner.run(args.study, args.profile, dict(args.params), args.out)
+            path = runner.run(args.study, args.profile, dict(args.params), args.out,
+                              publish=args.publish, allow_cpu=args.allow_cpu)
         except runner.UsageError as err:
             return _usage_exit(str(err))
         except RuntimeError as err:
@@ -128,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "sweep":
         try:
-            plan = sweep.plan(args.study, args.profile, grid, dict(args.params), args.out)
+            plan = sweep.plan(args.study, args.profile, grid, dict(args.params), args.out,
+                              workers=args.workers or 1, threads=args.threads, scheduler=args.scheduler,
+                              allow_cpu=args.allow_cpu)
         except runner.UsageError as err:
             return _usage_exit(str(err))
         try:
@@ -143,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 print(f"wm: executing {study} ({args.profile})", file=sys.stderr, flush=True)
                 try:
-                    runner.run(study, args.profile)
+                    runner.run(study, args.profile, publish=True, allow_cpu=args.allow_cpu)
                 except (runner.UsageError, RuntimeError) as err:
                     print(f"wm: {err}", file=sys.stderr)
                     return 1

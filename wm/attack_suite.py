@@ -53,7 +53,8 @@ from wm import attacks, data
 from wm import image_processing as ip
 from wm import null_embedding as ne
 from wm import watermas as wmas
-from wm.config import StudyConfig, require
+from wm.config import (FASHION_TEST, FASHION_TRAIN, MAX_BATCH, MAX_EPOCHS, MAX_PAIRS, MAX_SEED, MAX_SEEDS, MAX_WIDTH,
+                       StudyConfig, param, require)
 from wm.train import TrainConfig, evaluate, fit, seed_everything
 
 METHODS = ("null_embedding", "watermas", "deep")
@@ -112,96 +113,96 @@ class Config(StudyConfig):
 
     profile: str = "cpu"
     """smoke, cpu or gpu (resolved from auto)."""
-    seed: int = 0
+    seed: int = param(0, ge=0, le=MAX_SEED)
     """First seed: seeds seed, seed+1, … each build their own three watermarked models, controls and attacks."""
-    seeds: int = 3
+    seeds: int = param(3, ge=1, le=MAX_SEEDS)
     """Seeds (independent repetitions of everything); headline numbers are means over them."""
-    methods: tuple = METHODS
+    methods: tuple = param(METHODS, choices=METHODS)
     """Methods to run (a subset of METHODS)."""
-    attacks: tuple = ATTACKS
+    attacks: tuple = param(ATTACKS, choices=ATTACKS)
     """Attacks to run (a subset of ATTACKS); each runs against the methods PLAN pairs it with."""
     # --- the classifiers (null embedding, WaterMAS, their clean control) -----------------------
-    width: int = 16
+    width: int = param(16, ge=1, le=MAX_WIDTH)
     """Width of the small CNN (both classifier methods and their control)."""
-    n_train: int = 12000
+    n_train: int = param(12000, ge=1, le=FASHION_TRAIN)
     """Owner's training images (Fashion-MNIST) for every classifier."""
-    n_attacker: int = 3000
+    n_attacker: int = param(3000, ge=1, le=FASHION_TRAIN)
     """Attacker's images, disjoint from the owner's: labelled for fine-tuning and piracy, unlabelled
     for distillation."""
-    n_test: int = 1000
+    n_test: int = param(1000, ge=1, le=FASHION_TEST)
     """Held-out test images: test accuracy and the null embedding's verification."""
-    epochs: float = 4
+    epochs: float = param(4, gt=0, le=MAX_EPOCHS)
     """Training epochs of every classifier (each method keeps its own optimizer recipe)."""
-    batch_size: int = 128
+    batch_size: int = param(128, ge=2, le=MAX_BATCH)
     """Samples per step of classifier training and attacks."""
-    n_bits: int = 256
+    n_bits: int = param(256, ge=1, le=10**7)
     """WaterMAS payload (keyed weights, one bit each)."""
-    ber_fpr: float = 1e-6
+    ber_fpr: float = param(1e-6, gt=0, lt=1)
     """WaterMAS survives when its BER is at most `ber_threshold(n_bits, ber_fpr)`: the BER that a model
     unrelated to the key (bits = fair coins) reaches with probability ≤ ber_fpr. A claim of
     ownership must be hard to make against an innocent model; 1e-6 allows 89 wrong bits of 256
     (BER ≤ 0.348) and 13 of 64. A fixed BER threshold such as 0.1 would ignore the key length: too
     strict for long keys, too lax for short ones."""
     # --- the image service (Zhang et al.) ---------------------------------------------------
-    size: int = 32
+    size: int = param(32, ge=16, le=1024, multiple_of=8)
     """Side of the deraining patches (a multiple of 8)."""
-    n_owner: int = 1000
+    n_owner: int = param(1000, ge=16, le=MAX_PAIRS)
     """Owner's pairs (M, then H and R in stage 1)."""
-    n_attacker_pairs: int = 1500
+    n_attacker_pairs: int = param(1500, ge=16, le=MAX_PAIRS)
     """Attacker's pairs, from other photos: rainy inputs with clean ground truth (white-box fine-tuning)
     and the service's outputs for them (surrogate). 1500, half the image study's thief: with 600 (the
     first cpu run) the U-Net surrogate's outputs lay 1.7 dB below the service's PSNR and carried no
     logo on any of 3 seeds (success rate 0.00); probes (seed 0) at 1500 and 2000 gave 0.99, so a
     thief's data budget decides this row, and the suite gives its thief the larger one. (2000 pairs,
     with the piracy row, took 15.2 min for the cpu notebook: over its 15-minute budget.)"""
-    n_test_pairs: int = 120
+    n_test_pairs: int = param(120, ge=1, le=MAX_PAIRS)
     """Test pairs: PSNR against the ground truth and R's success rate."""
-    m_epochs: float = 6
+    m_epochs: float = param(6, gt=0, le=MAX_EPOCHS)
     """Epochs of M."""
-    stage1_epochs: float = 5
+    stage1_epochs: float = param(5, gt=0, le=MAX_EPOCHS)
     """Epochs of stage 1 (H, R and the discriminator). 5, not the 6 of the first timing: the whole
     cpu notebook measured 14 min 44 s with 6, too close to its 15-minute budget."""
     stage2: bool = False
     """Also run stage 2 (R fine-tuned on the defender's own surrogate): the image study's full
     recipe, at the cost of a defender surrogate and a stage-2 training per seed."""
-    stage2_epochs: float = 6
+    stage2_epochs: float = param(6, gt=0, le=MAX_EPOCHS)
     """Epochs of stage 2, when it runs."""
-    sr_threshold: float = 0.5
+    sr_threshold: float = param(0.5, gt=0, le=1)
     """The deep watermark survives when R succeeds (centred NC ≥ τ) on at least this share of the
     test outputs: the owner can then show the logo in most outputs it queries, while clean outputs
     and photos give a success rate of about 0 (the image study's controls)."""
     # --- the one strengths grid -------------------------------------------------------------
-    finetune_epochs: tuple = (1, 2)
+    finetune_epochs: tuple = param((1, 2), gt=0, le=MAX_EPOCHS)
     """Fine-tuning attack: epochs over the attacker's data."""
-    finetune_lr: float = 0.01
+    finetune_lr: float = param(0.01, gt=0, le=10)
     """Classifier fine-tuning: constant SGD learning rate (momentum 0.9, weight decay 5e-4)."""
-    finetune_lr_i2i: float = 1e-4
+    finetune_lr_i2i: float = param(1e-4, gt=0, le=10)
     """Image-service fine-tuning: constant Adam learning rate (a tenth of the rate M was trained with)."""
-    prune_amounts: tuple = (0.1, 0.3, 0.5, 0.7, 0.9)
+    prune_amounts: tuple = param((0.1, 0.3, 0.5, 0.7, 0.9), ge=0, le=1)
     """Magnitude pruning: fraction of the weights zeroed."""
-    prune_scope: str = "global"
+    prune_scope: str = param("global", choices=("global", "layer"))
     """`global` (the smallest weights of all layers together) or `layer` (of each layer), for every method."""
-    quant_bits: tuple = (8, 6, 4, 3, 2)
+    quant_bits: tuple = param((8, 6, 4, 3, 2), of=int, ge=1, le=32)
     """Min-max weight quantization: bits kept per weight."""
-    noise_k: tuple = (0.1, 0.25, 0.5, 1.0, 2.0)
+    noise_k: tuple = param((0.1, 0.25, 0.5, 1.0, 2.0), ge=0, le=1e6)
     """Gaussian weight noise: std = k × each layer's weight std."""
-    distill_epochs: tuple = (5,)
+    distill_epochs: tuple = param((5,), gt=0, le=MAX_EPOCHS)
     """Distillation of the classifiers: student epochs on the attacker's images."""
-    distill_lr: float = 0.05
+    distill_lr: float = param(0.05, gt=0, le=10)
     """Distillation: the student's peak SGD learning rate."""
-    surrogate_epochs: tuple = (6,)
+    surrogate_epochs: tuple = param((6,), gt=0, le=MAX_EPOCHS)
     """Surrogate of the image service: epochs of the thief's U-Net (L2) on (A, service outputs)."""
-    piracy_epochs: tuple = (1, 2)
+    piracy_epochs: tuple = param((1, 2), gt=0, le=MAX_EPOCHS)
     """Piracy (null embedding, WaterMAS): epochs of the thief's embedding on its data."""
-    piracy_lr: float = 0.01
+    piracy_lr: float = param(0.01, gt=0, le=10)
     """Piracy: constant SGD learning rate of the thief's embedding."""
-    overwrite_psnr: tuple = (40.0, 35.0, 30.0)
+    overwrite_psnr: tuple = param((40.0, 35.0, 30.0), gt=0, le=200)
     """Overwrite of the image service: PSNR (dB) of the thief's spread-spectrum mark on each output."""
-    ss_bits: int = 64
+    ss_bits: int = param(64, ge=1, le=MAX_PAIRS)
     """Payload of the thief's spread-spectrum mark."""
-    useful_drop: float = 0.02
+    useful_drop: float = param(0.02, gt=0, lt=1)
     """Verdicts: a classifier attack is 'cheap' when it costs at most this much test accuracy (2 points)."""
-    useful_psnr_drop: float = 1.0
+    useful_psnr_drop: float = param(1.0, gt=0, le=200)
     """Verdicts: an image-service attack is 'cheap' when it costs at most this many dB of PSNR."""
     timings: bool = True
     """Record the wall-clock seconds of every training and attack as `seconds` rows. They differ from
@@ -229,48 +230,15 @@ class Config(StudyConfig):
     }
 
     def check(self) -> None:
-        def ints(v, lo=1):
-            return isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-        def grid(v, ok):
-            return isinstance(v, (tuple, list)) and len(v) > 0 and all(ok(e) for e in v)
-
-        require(isinstance(self.seed, int) and not isinstance(self.seed, bool), "seed", self.seed, "an integer")
-        require(ints(self.seeds), "seeds", self.seeds, "an integer ≥ 1")
-        require(grid(self.methods, lambda m: m in METHODS) and len(set(self.methods)) == len(self.methods),
-                "methods", self.methods, f"a non-empty tuple of distinct {', '.join(METHODS)}")
-        require(grid(self.attacks, lambda a: a in ATTACKS) and len(set(self.attacks)) == len(self.attacks),
-                "attacks", self.attacks, f"a non-empty tuple of distinct {', '.join(ATTACKS)}")
-        require(ints(self.width), "width", self.width, "an integer ≥ 1")
-        require(ints(self.n_train), "n_train", self.n_train, "an integer ≥ 1")
-        require(ints(self.n_attacker) and self.n_train + self.n_attacker <= 60000, "n_attacker", self.n_attacker,
-                f"an integer ≥ 1 with n_train + n_attacker ≤ 60000 (n_train = {self.n_train})")
-        require(ints(self.n_test) and self.n_test <= 10000, "n_test", self.n_test, "an integer in 1..10000")
-        require(self.epochs > 0, "epochs", self.epochs, "> 0")
-        require(ints(self.batch_size, 2), "batch_size", self.batch_size, "an integer ≥ 2")
-        require(ints(self.n_bits), "n_bits", self.n_bits, "an integer ≥ 1")
-        require(0 < self.ber_fpr < 1 and ber_threshold(self.n_bits, self.ber_fpr) >= 0, "ber_fpr", self.ber_fpr,
-                f"in (0, 1) and reachable with n_bits = {self.n_bits} (even a perfect read is more likely by chance)")
-        require(ints(self.size, 16) and self.size % 8 == 0, "size", self.size, "a multiple of 8, ≥ 16")
-        for name in ("n_owner", "n_attacker_pairs"):
-            require(ints(getattr(self, name), 16), name, getattr(self, name), "an integer ≥ 16 (one image batch)")
-        require(ints(self.n_test_pairs), "n_test_pairs", self.n_test_pairs, "an integer ≥ 1")
-        for name in ("m_epochs", "stage1_epochs", "stage2_epochs", "finetune_lr", "finetune_lr_i2i", "distill_lr",
-                     "piracy_lr", "useful_psnr_drop"):
-            require(getattr(self, name) > 0, name, getattr(self, name), "> 0")
-        require(isinstance(self.stage2, bool), "stage2", self.stage2, "True or False")
-        require(0 < self.sr_threshold <= 1, "sr_threshold", self.sr_threshold, "in (0, 1]")
-        for name in ("finetune_epochs", "distill_epochs", "surrogate_epochs", "piracy_epochs"):
-            require(grid(getattr(self, name), lambda e: e > 0), name, getattr(self, name), "a non-empty tuple of values > 0")
-        require(grid(self.prune_amounts, lambda a: 0 <= a <= 1), "prune_amounts", self.prune_amounts, "values in [0, 1]")
-        require(self.prune_scope in ("global", "layer"), "prune_scope", self.prune_scope, "global or layer")
-        require(grid(self.quant_bits, lambda b: ints(b) and b <= 32), "quant_bits", self.quant_bits, "integers in 1..32")
-        require(grid(self.noise_k, lambda k: k >= 0), "noise_k", self.noise_k, "a non-empty tuple of values ≥ 0")
-        require(grid(self.overwrite_psnr, lambda p: p > 0), "overwrite_psnr", self.overwrite_psnr, "values > 0 dB")
-        require(ints(self.ss_bits) and self.ss_bits <= self.size ** 2, "ss_bits", self.ss_bits,
-                f"an integer in 1..size² ({self.size ** 2})")
-        require(0 < self.useful_drop < 1, "useful_drop", self.useful_drop, "in (0, 1)")
-        require(isinstance(self.timings, bool), "timings", self.timings, "True or False")
+        for name in ("methods", "attacks"):
+            require(len(set(getattr(self, name))) == len(getattr(self, name)), name, getattr(self, name), "distinct values")
+        require(self.n_train + self.n_attacker <= FASHION_TRAIN, "n_attacker", self.n_attacker,
+                f"at most {FASHION_TRAIN} - n_train ({self.n_train}): the owner's and the attacker's images are disjoint")
+        for name in ("n_train", "n_attacker"):
+            require(getattr(self, name) >= self.batch_size, name, getattr(self, name), f"at least batch_size ({self.batch_size})")
+        require(ber_threshold(self.n_bits, self.ber_fpr) >= 0, "ber_fpr", self.ber_fpr,
+                f"reachable with n_bits = {self.n_bits} (even a perfect read is more likely by chance)")
+        require(self.ss_bits <= self.size ** 2, "ss_bits", self.ss_bits, f"an integer in 1..size² ({self.size ** 2})")
 
     # The studies' own Configs at this suite's common budget: each method keeps its own recipe
     # (optimizer, learning rate, clip, λ, pattern, κ, ρ, loss weights), only data and epochs are shared.

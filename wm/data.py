@@ -64,8 +64,24 @@ def _fashion_dirs() -> list[Path]:
     return dirs + [DEBIAN_DIR]
 
 
+def check_wm_data() -> None:
+    """$WM_DATA, when set, is a folder, and a Fashion-MNIST folder in it holds all four files:
+    a partial copy is named, never skipped in favour of another copy."""
+    if not os.environ.get("WM_DATA"):
+        return
+    root = Path(os.environ["WM_DATA"])
+    if not root.is_dir():
+        raise DataError(f"WM_DATA={root} is not a folder: point it at a folder holding fashion-mnist/*.gz, or unset it")
+    for d in (root / "fashion-mnist", root / "FashionMNIST" / "raw"):
+        missing = [name for name in FASHION_FILES if not (d / name).is_file()]
+        if d.is_dir() and missing:
+            raise DataError(f"{d} (from WM_DATA) lacks {', '.join(missing)}: copy the missing files "
+                            "there, or unset WM_DATA")
+
+
 def find_fashion_mnist() -> Path | None:
     """The first folder that holds all four files (not yet verified), or None."""
+    check_wm_data()
     for d in _fashion_dirs():
         if all((d / name).is_file() for name in FASHION_FILES):
             return d

@@ -47,7 +47,8 @@ from torch import nn
 
 from wm import ROOT, data, metrics
 from wm import models as wm_models
-from wm.config import StudyConfig, require
+from wm.progress import Progress
+from wm.config import MAX_BATCH, MAX_EPOCHS, MAX_PAIRS, MAX_SEED, MAX_WIDTH, StudyConfig, param, require
 from wm.train import History, seed_everything
 
 WATERMARKS = ("logo", "qr")
@@ -325,82 +326,82 @@ class Config(StudyConfig):
 
     profile: str = "cpu"
     """smoke, cpu or gpu (resolved from auto)."""
-    seed: int = 0
+    seed: int = param(0, ge=0, le=MAX_SEED)
     """Seeds data, rain, every network and the spread-spectrum patterns."""
-    size: int = 32
+    size: int = param(32, ge=16, le=1024, multiple_of=8)
     """Side of the square patches (a multiple of 8)."""
-    n_owner: int = 3000
+    n_owner: int = param(3000, ge=1, le=MAX_PAIRS)
     """Owner's training pairs (M, H/R/D, stage 2), from half of the training photos."""
-    n_attacker: int = 3000
+    n_attacker: int = param(3000, ge=1, le=MAX_PAIRS)
     """Attacker's pairs (every surrogate), from the other half of the photos: disjoint images."""
-    n_test: int = 300
+    n_test: int = param(300, ge=1, le=MAX_PAIRS)
     """Test pairs, from the test photos."""
-    watermark: str = "logo"
+    watermark: str = param("logo", choices=WATERMARKS)
     """δ: `logo` (data/watermarks/logo.png) or `qr` (a seeded 8×8 binary pattern)."""
-    batch_size: int = 16
+    batch_size: int = param(16, ge=2, le=MAX_BATCH, multiple_of=2)
     """Batch of every image network (even: the consistency term compares the two halves)."""
-    rain_density: float = 0.03
+    rain_density: float = param(0.03, gt=0, lt=1)
     """Share of pixels seeding a rain streak."""
-    rain_length: int = 9
+    rain_length: int = param(9, ge=1, le=256)
     """Streak length in pixels."""
-    rain_strength: float = 0.8
+    rain_strength: float = param(0.8, gt=0, le=1)
     """Streak opacity (screen blend)."""
-    m_width: int = 16
+    m_width: int = param(16, ge=1, le=MAX_WIDTH)
     """Width of the protected deraining U-Net M."""
-    m_epochs: float = 6
+    m_epochs: float = param(6, gt=0, le=MAX_EPOCHS)
     """Epochs of M (L1 loss)."""
-    h_width: int = 16
+    h_width: int = param(16, ge=1, le=MAX_WIDTH)
     """Width of the embedding U-Net H (depth 2)."""
-    r_width: int = 16
+    r_width: int = param(16, ge=1, le=MAX_WIDTH)
     """Width of the extractor R (the code's is 128)."""
-    r_blocks: int = 5
+    r_blocks: int = param(5, ge=1, le=64)
     """Dilated residual blocks of R (the code has 9)."""
-    d_width: int = 16
+    d_width: int = param(16, ge=1, le=MAX_WIDTH)
     """Width of the discriminators."""
-    lr: float = 1e-3
+    lr: float = param(1e-3, gt=0, le=10)
     """Adam learning rate of stage 1 (β1 0.5 as in the code)."""
-    stage1_epochs: float = 8
+    stage1_epochs: float = param(8, gt=0, le=MAX_EPOCHS)
     """Epochs of stage 1 (H, R, D jointly)."""
-    w_basic: float = 3e5
+    w_basic: float = param(3e5, ge=0, le=1e9)
     """Weight of MSE(B′, B). The code's betamse is 1e4 (like every other MSE weight here); at this
     profile's budget that left B′ at 28.3 dB (measured, 8 epochs), below the invisibility bar of
     35 dB, so invisibility is weighted 30× more: 45 dB measured."""
-    w_adv: float = 0.01
+    w_adv: float = param(0.01, ge=0, le=1e9)
     """Weight of H's LSGAN term (the code's betagans)."""
-    w_wm: float = 1e4
+    w_wm: float = param(1e4, ge=0, le=1e9)
     """Weight of MSE(R(B′), δ)."""
-    w_clean: float = 1e4
+    w_clean: float = param(1e4, ge=0, le=1e9)
     """Weight of MSE(R(A), δ0) + MSE(R(B), δ0)."""
-    w_cst: float = 1e4
+    w_cst: float = param(1e4, ge=0, le=1e9)
     """Weight of the consistency MSE between R's outputs on the two halves of a batch."""
-    stage2_epochs: float = 6
+    stage2_epochs: float = param(6, gt=0, le=MAX_EPOCHS)
     """Epochs of stage 2 (R only)."""
-    stage2_lr: float = 1e-4
+    stage2_lr: float = param(1e-4, gt=0, le=10)
     """Adam learning rate of stage 2 (the code's)."""
-    sm_width: int = 16
+    sm_width: int = param(16, ge=1, le=MAX_WIDTH)
     """Width of every surrogate."""
-    sm_epochs: float = 6
+    sm_epochs: float = param(6, gt=0, le=MAX_EPOCHS)
     """Epochs of every surrogate."""
-    sm_lr: float = 1e-3
+    sm_lr: float = param(1e-3, gt=0, le=10)
     """Adam learning rate of the surrogates."""
-    sm_adv_weight: float = 1e-3
+    sm_adv_weight: float = param(1e-3, ge=0, le=1e9)
     """Weight of the surrogate's LSGAN term against its content loss (+adv variants)."""
-    sm_archs: tuple = SM_ARCHS
+    sm_archs: tuple = param(SM_ARCHS, choices=SM_ARCHS)
     """Surrogate architectures of the robustness table (each trained with L2)."""
-    sm_losses: tuple = ("l1", "l1_adv", "l2_adv", "perc_adv")
+    sm_losses: tuple = param(("l1", "l1_adv", "l2_adv", "perc_adv"), choices=SM_LOSSES, empty_ok=True)
     """Further surrogate losses, on the U-Net (L2 is the architecture row)."""
-    defender_sm: str = "unet"
+    defender_sm: str = param("unet", choices=SM_ARCHS)
     """The defender's own surrogate architecture in stage 2 (L2 loss, owner's data)."""
-    tau: float = 0.9
+    tau: float = param(0.9, gt=0, lt=1)
     """Success: centred NC(R(x), δ) ≥ tau for an image."""
-    ss_bits: tuple = (16, 64, 256)
+    ss_bits: tuple = param((16, 64, 256), of=int, ge=1, le=MAX_PAIRS)
     """Payloads L of the spread-spectrum baseline."""
-    ss_psnr: float | None = None
+    ss_psnr: float | None = param(None, gt=0, le=200)
     """PSNR of the spread-spectrum mark, which sets its strength α = 10^(−psnr/20); None: the deep
     watermark's measured PSNR, so that both marks are equally visible."""
-    tv_weight: float = 0.1
+    tv_weight: float = param(0.1, ge=0, le=1e9)
     """Weight of the TV denoiser (skimage's Chambolle) protected in experiment 5."""
-    tv_noise: float = 0.08
+    tv_noise: float = param(0.08, ge=0, le=1e9)
     """Std of the Gaussian noise the TV experiment removes."""
     amp: bool = True
     """Train H, R and D (stage 1) under bf16 autocast where the device computes bf16 natively (CUDA;
@@ -418,35 +419,11 @@ class Config(StudyConfig):
     }
 
     def check(self) -> None:
-        def pos_int(name):
-            v = getattr(self, name)
-            require(isinstance(v, int) and v >= 1, name, v, "an integer ≥ 1")
-        for name in ("n_owner", "n_attacker", "n_test", "m_width", "h_width", "r_width", "r_blocks", "d_width",
-                     "sm_width", "rain_length"):
-            pos_int(name)
-        require(isinstance(self.seed, int), "seed", self.seed, "an integer")
-        require(isinstance(self.size, int) and self.size >= 16 and self.size % 8 == 0, "size", self.size,
-                "a multiple of 8, ≥ 16")
-        require(self.watermark in WATERMARKS, "watermark", self.watermark, f"one of {WATERMARKS}")
-        require(isinstance(self.batch_size, int) and self.batch_size >= 2 and self.batch_size % 2 == 0,
-                "batch_size", self.batch_size, "an even integer ≥ 2 (the consistency term pairs halves)")
-        require(self.n_owner >= self.batch_size, "n_owner", self.n_owner, f"≥ batch_size ({self.batch_size})")
-        require(self.n_attacker >= self.batch_size, "n_attacker", self.n_attacker, f"≥ batch_size ({self.batch_size})")
-        require(0 < self.rain_density < 1, "rain_density", self.rain_density, "in (0, 1)")
-        require(0 < self.rain_strength <= 1, "rain_strength", self.rain_strength, "in (0, 1]")
-        for name in ("m_epochs", "stage1_epochs", "stage2_epochs", "sm_epochs", "lr", "stage2_lr", "sm_lr"):
-            require(getattr(self, name) > 0, name, getattr(self, name), "> 0")
-        for name in ("w_basic", "w_adv", "w_wm", "w_clean", "w_cst", "sm_adv_weight", "tv_weight", "tv_noise"):
-            require(getattr(self, name) >= 0, name, getattr(self, name), "≥ 0")
-        require(len(self.sm_archs) >= 1 and set(self.sm_archs) <= set(SM_ARCHS), "sm_archs", self.sm_archs,
-                f"a non-empty subset of {SM_ARCHS}")
-        require(set(self.sm_losses) <= set(SM_LOSSES), "sm_losses", self.sm_losses, f"a subset of {SM_LOSSES}")
-        require(self.defender_sm in SM_ARCHS, "defender_sm", self.defender_sm, f"one of {SM_ARCHS}")
-        require(0 < self.tau < 1, "tau", self.tau, "in (0, 1)")
-        require(len(self.ss_bits) >= 1 and all(isinstance(b, int) and 1 <= b <= self.size ** 2 for b in self.ss_bits),
-                "ss_bits", self.ss_bits, f"integers in 1..size² ({self.size ** 2})")
-        require(self.ss_psnr is None or self.ss_psnr > 0, "ss_psnr", self.ss_psnr, "None or > 0 dB")
-        require(isinstance(self.amp, bool), "amp", self.amp, "True or False")
+        require(self.n_owner >= self.batch_size, "n_owner", self.n_owner, f"at least batch_size ({self.batch_size})")
+        require(self.n_attacker >= self.batch_size, "n_attacker", self.n_attacker,
+                f"at least batch_size ({self.batch_size})")
+        require(all(b <= self.size ** 2 for b in self.ss_bits), "ss_bits", self.ss_bits,
+                f"integers in 1..size² ({self.size ** 2})")
 
     @property
     def rain(self) -> dict:
@@ -476,12 +453,13 @@ class _LossLog:
                        seconds=time.perf_counter() - self.start)
 
 
-def _batches(n: int, batch: int, epochs: float, seed: int, device):
+def _batches(n: int, batch: int, epochs: float, seed: int, device, desc: str = "image training"):
     """Index batches of seeded permutations, full batches only (the consistency term pairs
     halves), EPOCHS passes (a fraction: that share of one pass's steps). Yields (epoch, idx)."""
     per_epoch = max(1, n // batch)
     total = max(1, round(epochs * per_epoch))
     g = torch.Generator().manual_seed(seed)
+    live = Progress(desc, total, epochs)
     step = 0
     while step < total:
         perm = torch.randperm(n, generator=g).to(device)
@@ -490,6 +468,7 @@ def _batches(n: int, batch: int, epochs: float, seed: int, device):
                 return
             yield step // per_epoch, perm[i * batch:(i + 1) * batch]
             step += 1
+            live.update(step, (step - 1) // per_epoch)
 
 
 def _adam(params, lr: float) -> torch.optim.Adam:
@@ -602,7 +581,7 @@ def train_i2i(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, epoch
         opt_d = _adam(disc.parameters(), lr)
     sched = _decay(opt, len(x), batch, epochs)
     log = _LossLog()
-    for epoch, idx in _batches(len(x), batch, epochs, seed, device):
+    for epoch, idx in _batches(len(x), batch, epochs, seed, device, f"training {type(net).__name__}"):
         xb, yb = x[idx].contiguous(memory_format=fmt), y[idx]
         out = net(xb)
         if loss.startswith("l1"):
@@ -702,7 +681,7 @@ def train_stage1(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tens
     sched = _decay(opt, len(a), cfg.batch_size, cfg.stage1_epochs)
     log = _LossLog()
     half = cfg.batch_size // 2
-    for epoch, idx in _batches(len(a), cfg.batch_size, cfg.stage1_epochs, seed, device):
+    for epoch, idx in _batches(len(a), cfg.batch_size, cfg.stage1_epochs, seed, device, "stage 1 (H, R, D)"):
         ab, bb = a[idx], b[idx]
         # H's adversarial term needs D's gradient with respect to its input, not its weights (whose
         # gradients D's own step would zero): not computing them is exact and 1.06x a step faster
@@ -746,7 +725,7 @@ def train_stage2(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tens
     sched = _decay(opt, len(a), cfg.batch_size, cfg.stage2_epochs)
     log = _LossLog()
     half = cfg.batch_size // 2
-    for epoch, idx in _batches(len(a), cfg.batch_size, cfg.stage2_epochs, seed, a.device):
+    for epoch, idx in _batches(len(a), cfg.batch_size, cfg.stage2_epochs, seed, a.device, "stage 2 (R)"):
         r_all = r(torch.cat([b_wm[idx], b_sm[idx], a[idx], b[idx]]).contiguous(memory_format=fmt))
         r_wm, r_sm, r_a, r_b = r_all.split(len(idx))
         d_wm, d_0 = wmk.delta.expand_as(r_wm), wmk.blank.expand_as(r_wm)

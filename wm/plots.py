@@ -1,8 +1,8 @@
 """One seaborn theme for the whole book, and figures saved beside the chapters.
 
-Every figure is shown in its notebook and also saved as PNG under `$WM_FIGURES_DIR` (the runner
-sets it to OUT/figures/, book/figures/ for published runs), so the comparison chapter and
-readers can use the files without re-running anything.
+Every figure is shown in its notebook and also saved as PNG in the run's figures/ folder (see
+wm.results.output_dir); publishing a run copies them to book/figures/, so the comparison chapter
+and readers can use the files without re-running anything.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from wm import ROOT
+from wm.results import output_dir
 
 
 def set_theme() -> None:
@@ -19,7 +19,7 @@ def set_theme() -> None:
 
 
 def figures_dir() -> Path:
-    return Path(os.environ.get("WM_FIGURES_DIR") or ROOT / "book" / "figures")
+    return output_dir() / "figures"
 
 
 def save(fig, name: str) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wm.config import StudyConfig, require
+from wm.config import FASHION_TEST, FASHION_TRAIN, MAX_BATCH, MAX_EPOCHS, MAX_SEED, MAX_WIDTH, StudyConfig, param, require
 
 
 @dataclass
@@ -20,23 +20,23 @@ class Config(StudyConfig):
 
     profile: str = "cpu"
     """smoke, cpu or gpu (resolved from auto)."""
-    seed: int = 0
+    seed: int = param(0, ge=0, le=MAX_SEED)
     """Seeds the model's initialisation, the batch order, the subsets and the attacks."""
-    n_train: int = 60000
+    n_train: int = param(60000, ge=1, le=FASHION_TRAIN)
     """Training images drawn from Fashion-MNIST's 60 000."""
-    n_test: int = 10000
+    n_test: int = param(10000, ge=1, le=FASHION_TEST)
     """Test images drawn from Fashion-MNIST's 10 000."""
-    epochs: float = 5
+    epochs: float = param(5, gt=0, le=MAX_EPOCHS)
     """Training epochs of the clean model."""
-    batch_size: int = 128
+    batch_size: int = param(128, ge=2, le=MAX_BATCH)
     """Samples per step."""
-    lr: float = 0.05
+    lr: float = param(0.05, gt=0, le=10)
     """Peak SGD learning rate (warm-up then cosine decay)."""
-    width: int = 32
+    width: int = param(32, ge=1, le=MAX_WIDTH)
     """Channels of the small CNN's first layer."""
-    attack_fraction: float = 0.1
+    attack_fraction: float = param(0.1, gt=0, le=1)
     """Share of the training set the attacker holds for fine-tuning and distillation."""
-    attack_epochs: float = 2
+    attack_epochs: float = param(2, gt=0, le=MAX_EPOCHS)
     """Epochs of the fine-tuning and distillation attacks."""
 
     PROFILE_DEFAULTS = {
@@ -46,15 +46,7 @@ class Config(StudyConfig):
     }
 
     def check(self) -> None:
-        require(isinstance(self.seed, int), "seed", self.seed, "an integer")
-        require(isinstance(self.n_train, int) and 1 <= self.n_train <= 60000, "n_train", self.n_train, "an integer in 1..60000")
-        require(isinstance(self.n_test, int) and 1 <= self.n_test <= 10000, "n_test", self.n_test, "an integer in 1..10000")
-        require(self.epochs > 0, "epochs", self.epochs, "> 0")
-        require(isinstance(self.batch_size, int) and self.batch_size >= 2, "batch_size", self.batch_size, "an integer ≥ 2")
-        require(self.lr > 0, "lr", self.lr, "> 0")
-        require(isinstance(self.width, int) and self.width >= 1, "width", self.width, "an integer ≥ 1")
-        require(0 < self.attack_fraction <= 1, "attack_fraction", self.attack_fraction, "in (0, 1]")
-        require(self.attack_epochs > 0, "attack_epochs", self.attack_epochs, "> 0")
+        require(self.n_train >= self.batch_size, "n_train", self.n_train, f"at least batch_size ({self.batch_size})")
 
 
 # The attack grid: each attack's knob from harmless to destructive.

@@ -1,10 +1,14 @@
 """The tidy results table of DESIGN.md: one row per measured number, one CSV per study.
 
-`data/results/<study>.csv` holds the rows and `<study>.json` beside it the provenance (commit,
-device, versions, parameters, start and wall time). Both are written atomically (a temporary
-file in the same folder, then os.replace): a killed run never leaves half a table. The folder
-is `$WM_RESULTS_DIR` when set (the runner sets it: data/results/ for runs published into the
-book, OUT/results/ for any other run) and the repository's data/results/ otherwise.
+`<study>.csv` holds the rows and `<study>.json` beside it the provenance (commit, device,
+versions, parameters, start and wall time). Both are written atomically (a temporary file in the
+same folder, then os.replace): a killed run never leaves half a table.
+
+Where a run writes is never the published book: a notebook's table goes to `$WM_OUT/results/` and
+its figures to `$WM_OUT/figures/`. The runner sets WM_OUT to the run's own folder; a notebook run
+by papermill or Jupyter directly gets a scratch folder `runs/<study>-<profile>-<time>/` instead.
+Only `python -m wm run --publish` (and `python -m wm book`) moves a finished run's notebook, table,
+sidecar and figures into `book/` and `data/results/` (wm.runner.publish).
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from typing import Any
 
 from wm import PROFILES, ROOT, STUDIES, __version__
 
-COLUMNS = ("study", "method", "model", "experiment", "attack", "strength", "seed", "metric", "value", "profile")
+COLUMNS = ("study", "method", "model", "experiment", "attack", "strength", "seed", "metric", "value", "profile", "case")
+"""DESIGN.md's columns, and `case`: what tells apart rows that share all the others (one control
+among several of an experiment, e.g. 'random signature vs owner's model'); empty otherwise.
+Tables written before it existed are read with an empty `case`."""
 ATTACKS = ("none", "finetune", "prune", "quantize", "noise", "distill", "surrogate", "overwrite",
            "piracy", "transfer")
 METRICS = ("test_acc", "wm_acc_null", "wm_acc_true", "verified", "ber", "psnr", "ssim", "nc", "nc_raw",
@@ -30,8 +37,36 @@ RATES = {"test_acc", "wm_acc_null", "wm_acc_true", "verified", "ber", "success_r
 EXAMPLE_STUDY = "quickstart"  # the pipeline's demonstration notebook, until the studies exist
 
 
+PUBLISHED_RESULTS = ROOT / "data" / "results"
+"""The published tables: written only by publishing (wm.runner.publish), read by the comparison."""
+PUBLISHED_FIGURES = ROOT / "book" / "figures"
+SCRATCH = ROOT / "runs"
+"""Scratch runs (git-ignored): every run's default destination."""
+PUBLISHED_PATHS = ("book/*.ipynb", "book/figures", "data/results")
+"""What publishing writes: left out of the clean-tree check, so that publishing one chapter does
+not make the tree 'dirty' for the next."""
+
+_scratch: Path | None = None
+
+
+def scratch_folder(label: str) -> Path:
+    """A new folder name runs/<label>-<time>/ (made unique with the process id if taken)."""
+    path = SCRATCH / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return path.with_name(f"{path.name}-{os.getpid()}") if path.exists() else path
+
+
+def output_dir(label: str = "notebook") -> Path:
+    """Where this process's run writes: $WM_OUT, else one scratch folder chosen once per process."""
+    global _scratch
+    if os.environ.get("WM_OUT"):
+        return Path(os.environ["WM_OUT"])
+    if _scratch is None:
+        _scratch = scratch_folder(label)
+    return _scratch
+
+
 def results_dir() -> Path:
-    return Path(os.environ.get("WM_RESULTS_DIR") or ROOT / "data" / "results")
+    return output_dir() / "results"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -64,18 +99,33 @@ def device_name() -> str:
     return cpu_name()
 
 
-def cpu_name() -> str:
-    """The CPU model and the threads torch uses (what device_name says on a machine without CUDA)."""
-    import torch
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"CPU ({cpu}, {torch.get_num_threads()} threads)"
+    return platform.processor() or platform.machine()
+
+
+def cpu_name() -> str:
+    """The CPU model and the threads torch uses (what device_name says on a machine without CUDA)."""
+    import torch
+    return f"CPU ({cpu_model()}, {torch.get_num_threads()} threads)"
+
+
+def source_status() -> str:
+    """`git status --porcelain` of the sources (untracked files included), leaving out what
+    publishing writes; empty for a clean tree."""
+    return _git("status", "--porcelain", "--untracked-files=all", "--", ".",
+                *(f":(exclude){p}" for p in PUBLISHED_PATHS))
+
+
+def gpu_without_cuda(profile: str) -> bool:
+    import torch
+    return profile == "gpu" and not torch.cuda.is_available()
 
 
 def provenance(parameters: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -87,7 +137,7 @@ def provenance(parameters: dict[str, Any] | None = None) -> dict[str, Any]:
                 "torchvision": torchvision.__version__, "numpy": numpy.__version__, "wm": __version__}
     return {
         "commit": _git("rev-parse", "HEAD") or "unknown",
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "dirty": bool(source_status()),
         "device": device_name(),
         "versions": versions,
         "parameters": dict(parameters or {}),
@@ -105,11 +155,16 @@ class Results:
             raise ValueError(f"profile {profile!r} must be one of {', '.join(PROFILES)} (resolve auto first)")
         self.study, self.profile = study, profile
         self.rows: list[dict[str, Any]] = []
+        self._keys: set[tuple] = set()
         self.provenance = provenance(parameters)
+        if gpu_without_cuda(profile):
+            from wm.config import GPU_WITHOUT_CUDA
+            self.provenance["warnings"] = [GPU_WITHOUT_CUDA]
+        output_dir(f"{study}-{profile}")  # outside the runner: this run's scratch folder is named now
         self._start = time.perf_counter()
 
     def add(self, *, method: str, model: str, experiment: str, metric: str, value: float,
-            seed: int, attack: str = "none", strength: float | int | str | None = None) -> None:
+            seed: int, attack: str = "none", strength: float | int | str | None = None, case: str = "") -> None:
         """One measured number; the column values are checked against DESIGN.md's vocabulary."""
         if attack not in ATTACKS:
             raise ValueError(f"unknown attack {attack!r}: choose from {', '.join(ATTACKS)}")
@@ -120,9 +175,17 @@ class Results:
             raise ValueError(f"{metric}={value} is a rate and must lie in [0, 1]")
         if attack == "none" and strength not in (None, ""):
             raise ValueError("an unattacked row has no strength")
-        self.rows.append({"study": self.study, "method": method, "model": model, "experiment": experiment,
-                          "attack": attack, "strength": "" if strength is None else strength,
-                          "seed": int(seed), "metric": metric, "value": value, "profile": self.profile})
+        row = {"study": self.study, "method": method, "model": model, "experiment": experiment,
+               "attack": attack, "strength": "" if strength is None else strength,
+               "seed": int(seed), "metric": metric, "value": value, "profile": self.profile, "case": str(case)}
+        # every row is one measurement: two rows that differ only in value would be merged or
+        # refused by whoever reads the table (a sweep), so the second is an error here, at the source
+        key = tuple(str(row[c]) for c in COLUMNS if c != "value")
+        if key in self._keys:
+            raise ValueError(f"{self.study} records ({', '.join(f'{c}={row[c]!r}' for c in COLUMNS if c != 'value')}) "
+                             "twice: give each measurement its own method, model, experiment, strength, seed or case")
+        self._keys.add(key)
+        self.rows.append(row)
 
     def frame(self):
         import pandas as pd
@@ -140,10 +203,14 @@ class Results:
 
 
 def load(study: str, directory: str | Path | None = None):
-    """A study's table as a DataFrame (strength kept as text: it mixes numbers and blanks)."""
+    """A study's table as a DataFrame (strength kept as text: it mixes numbers and blanks), from
+    DIRECTORY or else the published data/results/."""
     import pandas as pd
-    path = (Path(directory) if directory is not None else results_dir()) / f"{study}.csv"
+    path = Path(directory if directory is not None else PUBLISHED_RESULTS) / f"{study}.csv"
     if not path.is_file():
         raise FileNotFoundError(f"no results table at {path}: run `python -m wm run {study}` first")
-    return pd.read_csv(path, dtype={"strength": str}, keep_default_na=False,
-                       converters={"value": float})
+    table = pd.read_csv(path, dtype={"strength": str, "case": str}, keep_default_na=False,
+                        converters={"value": float})
+    if "case" not in table.columns:
+        table["case"] = ""
+    return table

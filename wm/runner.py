@@ -1,12 +1,17 @@
 """Execute a study notebook with papermill, after checking everything that can be checked first.
 
-The checks (study name, profile, every `-p` name against the notebook's `parameters` cell) use
-only the standard library, so a wrong command fails in a fraction of a second with one line and
-exit code 2, writes nothing, and does not even need the environment to exist. Values are then
-checked by the study's own `Config.from_profile` before papermill starts a kernel.
+The checks (study name, profile, every `-p` name against the notebook's `parameters` cell, the
+destination folder) use only the standard library, so a wrong command fails in a fraction of a
+second with one line and exit code 2, writes nothing, and does not even need the environment to
+exist. Values are then checked by the study's own `Config.from_profile` before papermill starts a
+kernel.
 
-A run executes into a temporary folder and moves the finished notebook into place: a failed or
-killed run never leaves a half-executed chapter in `book/`.
+A run writes into its own folder: `--out DIR`, or by default a new scratch folder
+`runs/<study>-<profile>-<time>/` (git-ignored) holding the executed notebook, `results/` and
+`figures/`. Nothing under `book/` or `data/results/` changes unless the run is published
+(`--publish`): then, from a clean tree, the finished run's notebook, table, sidecar and figures
+are moved into place together (`publish`). A failed run keeps its half-executed notebook in its
+own folder under a unique name; the kernel's temporary folder is removed on failure and on SIGTERM.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +52,11 @@ def studies() -> list[str]:
 
 
 def notebook_path(study: str) -> Path:
-    path = NOTEBOOKS / f"{study}.ipynb"
-    if not path.is_file():
+    """notebooks/STUDY.ipynb for a study named exactly as listed (no paths, no suffix)."""
+    if study not in studies():  # a name, never a path: '../notebooks/watermas' is not a study
         known = ", ".join(studies()) or "none"
         raise UsageError(f"unknown study {study!r}: the notebooks are {known}")
-    return path
+    return NOTEBOOKS / f"{study}.ipynb"
 
 
 def notebook_parameters(path: Path) -> dict[str, Any]:
@@ -69,16 +75,42 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value as Python: numbers, booleans, None, lists; anything else a string."""
+    """A command-line value as Python: numbers, booleans, None, lists; anything else a string.
+
+    `nan`, `inf` and `-inf` become floats, so that the Config refuses them as non-finite numbers
+    (naming the field) rather than as strings."""
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
     if lowered in ("none", "null"):
         return None
+    if lowered in ("nan", "inf", "+inf", "-inf", "infinity", "-infinity"):
+        return float(lowered)
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text
+
+
+def check_out(out: Path | None, option: str = "--out") -> None:
+    """A destination folder that exists or can be created, and is not the published book."""
+    if out is None:
+        return
+    out = Path(out)
+    where = out.resolve()
+    for published in (BOOK, ROOT / "data" / "results"):
+        if where == published.resolve() or published.resolve() in where.parents:
+            raise UsageError(f"{option} {out} lies in the published {published.relative_to(ROOT)}/: "
+                             "publish with --publish instead")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{option} {out} is a file, not a folder")
+    parent = where
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {out} cannot be created: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {out} cannot be created: {parent} is not writable")
 
 
 def check_request(study: str, profile: str, params: dict[str, str]) -> tuple[Path, dict[str, Any]]:
@@ -111,17 +143,34 @@ def check_values(study: str, profile: str, values: dict[str, Any]) -> None:
         return
     names = {f.name for f in dataclasses.fields(config)}
     try:
-        config.from_profile(profile, **{k: v for k, v in values.items() if k in names})
+        with warnings.catch_warnings():  # the gpu-without-CUDA warning is the runner's to give
+            warnings.simplefilter("ignore")
+            config.from_profile(profile, **{k: v for k, v in values.items() if k in names})
     except (ValueError, TypeError) as err:
         raise UsageError(f"{study}: {err}") from None
 
 
-def results_dir_for(out: Path) -> Path:
-    """Publishing runs (into book/) write data/results/; any other run writes OUT/results/.
+def check_device(profile: str, allow_cpu: bool) -> None:
+    """The gpu profile on a machine without CUDA only when asked (`--allow-cpu`)."""
+    from wm.results import gpu_without_cuda
 
-    Figures always go to OUT/figures/ (book/figures/ for publishing runs).
-    """
-    return ROOT / "data" / "results" if out.resolve() == BOOK.resolve() else out / "results"
+    if gpu_without_cuda(profile) and not allow_cpu:
+        raise UsageError("--profile gpu needs CUDA, which this machine lacks: add --allow-cpu to run "
+                         "the gpu profile's code paths on the CPU (the provenance then says so)")
+
+
+def check_publishable() -> str:
+    """The commit a published chapter is executed from; UsageError unless the sources are clean."""
+    from wm.results import _git, source_status
+
+    commit = _git("rev-parse", "HEAD")
+    if not commit:
+        raise UsageError("publishing needs a git checkout (the chapter records the commit it ran)")
+    changed = source_status().splitlines()
+    if changed:
+        raise UsageError(f"publishing needs a clean tree, and {len(changed)} file(s) differ from the "
+                         f"commit (first: {changed[0].strip()}): commit or stash them, or run without --publish")
+    return commit
 
 
 def _kernel_for_this_interpreter(folder: Path) -> str:
@@ -158,6 +207,7 @@ def _banner(prov: dict[str, Any], study: str) -> str:
     minutes, seconds = divmod(round(prov["wall_seconds"]), 60)
     dirty = " (with uncommitted changes)" if prov["dirty"] else ""
     params = ", ".join(f"`{k}={v!r}`" for k, v in prov["parameters"].items()) or "none"
+    warning = "".join(f"- **warning** {w}\n" for w in prov.get("warnings", []))
     return (
         "```{admonition} Provenance\n:class: note\n"
         f"This chapter was executed by `python -m wm run {study} --profile {prov['profile']}`.\n\n"
@@ -165,30 +215,51 @@ def _banner(prov: dict[str, Any], study: str) -> str:
         f"- **commit** `{prov['commit'][:12]}`{dirty} · **date** {prov['started']}\n"
         f"- **wall time** {minutes} min {seconds:02d} s · **parameters** {params}\n"
         f"- **versions** " + ", ".join(f"{k} {v}" for k, v in prov["versions"].items()) + "\n"
-        "```\n"
+        + warning + "```\n"
     )
 
 
 def run(study: str, profile: str = "auto", params: dict[str, str] | None = None,
-        out: Path | None = None, quiet: bool = False) -> Path:
-    """Execute notebooks/STUDY.ipynb and return the executed notebook's path."""
-    from wm.config import resolve_profile
+        out: Path | None = None, quiet: bool = False, publish: bool = False,
+        allow_cpu: bool = False) -> Path:
+    """Execute notebooks/STUDY.ipynb into its own folder and return the executed notebook's path.
 
+    OUT is that folder (default: a new runs/<study>-<profile>-<time>/). With PUBLISH (no OUT) the
+    finished run is then moved into book/ and data/results/ (`publish`), from a clean tree only.
+    """
+    from wm.config import resolve_profile
+    from wm.results import scratch_folder
+
+    if publish and out is not None:
+        raise UsageError("--publish writes into book/ and data/results/: leave out --out")
+    check_out(out)
     src, values = check_request(study, profile, params or {})
+    commit = check_publishable() if publish else None
     profile = resolve_profile(profile)
+    check_device(profile, allow_cpu)
     check_values(study, profile, values)
+    from wm import data
+    try:  # a partial $WM_DATA copy is named now, not after the kernel has started
+        data.check_wm_data()
+    except data.DataError as err:
+        raise RuntimeError(str(err)) from None
 
     import nbformat
     import papermill
 
-    from wm.results import provenance
+    from wm.results import gpu_without_cuda, provenance
 
-    out = Path(out) if out is not None else BOOK
+    out = Path(out) if out is not None else scratch_folder(f"{study}-{profile}")
     prov = dict(provenance(values), profile=profile, study=study)
+    if gpu_without_cuda(profile):
+        from wm.config import GPU_WITHOUT_CUDA
+        prov["warnings"] = [GPU_WITHOUT_CUDA]
     started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"wm-{study}-") as tmp, _environ(
-            # the kernel inherits these: wm.results and wm.plots read the first two
-            WM_RESULTS_DIR=str(results_dir_for(out)), WM_FIGURES_DIR=str(out / "figures"),
+            # the kernel inherits these: wm.results and wm.plots write under WM_OUT, wm.progress
+            # prints live lines on the runner's terminal except at smoke
+            WM_OUT=str(out), WM_PROGRESS="0" if profile == "smoke" or quiet else "1",
             JUPYTER_PATH=os.pathsep.join(p for p in (tmp, os.environ.get("JUPYTER_PATH")) if p)):
         executed = Path(tmp) / f"{study}.ipynb"
         kernel = _kernel_for_this_interpreter(Path(tmp))
@@ -198,7 +269,8 @@ def run(study: str, profile: str = "auto", params: dict[str, str] | None = None,
                 kernel_name=kernel, cwd=str(ROOT), progress_bar=not quiet,
                 log_output=False, execution_timeout=None, request_save_on_cell_execute=False)
         except papermill.PapermillExecutionError as err:
-            failed = Path(tempfile.gettempdir()) / f"wm-{study}-failed.ipynb"
+            # in the run's own folder, under a name no other run takes
+            failed = out / f"{study}.failed-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.ipynb"
             if executed.exists():
                 shutil.copy(executed, failed)
             raise RuntimeError(f"{study} failed in cell {err.exec_count}: {err.ename}: {err.evalue} "
@@ -209,8 +281,41 @@ def run(study: str, profile: str = "auto", params: dict[str, str] | None = None,
         nb.metadata["kernelspec"] = nbformat.read(src, as_version=4).metadata["kernelspec"]
         nb.metadata["wm_provenance"] = prov
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(_banner(prov, study)))
-        out.mkdir(parents=True, exist_ok=True)
         staged = out / f".{study}.ipynb.tmp"
         nbformat.write(nb, staged)
         os.replace(staged, out / f"{study}.ipynb")
+    if publish:
+        return publish_run(study, out, commit)
     return out / f"{study}.ipynb"
+
+
+def publish_run(study: str, run_dir: Path, commit: str | None = None) -> Path:
+    """Move a finished run's notebook, table, sidecar and figures into book/ and data/results/.
+
+    All files are first copied beside their destinations under temporary names, then renamed
+    into place one after the other: a failure while copying changes nothing published. COMMIT,
+    when given, is the commit the run started from: publishing is refused if the tree moved on
+    or became dirty while it ran.
+    """
+    from wm.results import PUBLISHED_FIGURES, PUBLISHED_RESULTS
+
+    if commit is not None and check_publishable() != commit:
+        raise RuntimeError(f"HEAD moved while {study} ran: not published (the run is kept in {run_dir})")
+    moves = [(run_dir / f"{study}.ipynb", BOOK / f"{study}.ipynb")]
+    moves += [(run_dir / "results" / f"{study}{ext}", PUBLISHED_RESULTS / f"{study}{ext}") for ext in (".csv", ".json")
+              if (run_dir / "results" / f"{study}{ext}").is_file()]
+    moves += [(p, PUBLISHED_FIGURES / p.name) for p in sorted((run_dir / "figures").glob("*.png"))]
+    staged = []
+    try:
+        for src, dest in moves:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.publish-{os.getpid()}")
+            shutil.copyfile(src, tmp)
+            staged.append((tmp, dest))
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, dest in staged:
+        os.replace(tmp, dest)
+    return BOOK / f"{study}.ipynb"

@@ -9,9 +9,16 @@ A sweep runs one study over the Cartesian product of its `--grid` values, each p
     <study>.csv            every finished run's rows, with param_<name> columns and a `run` column
     <study>.json           the sweep's grid, code version and which runs are finished
 
-A run's key is a short SHA-256 over (study, profile, parameters, code version), so a rerun skips
-what is finished, redoes what was killed mid-way (a folder without done.json), and an edit of the
-code, committed or not, starts fresh runs instead of mixing old numbers with new ones.
+A run's key is a short SHA-256 over (study, profile, parameters, code version, CPU threads per run,
+device), so a rerun skips what is finished, redoes what was killed mid-way (a folder without
+done.json), and an edit of the code, committed or not, starts fresh runs instead of mixing old
+numbers with new ones. The thread count and the device are in the key because they change CPU
+results at float level: a local sweep and a Dask sweep agree row for row where they share keys,
+and otherwise live under different keys. The merged table only ever holds the current grid's keys.
+
+Each run gets `--threads` CPU threads (OMP_NUM_THREADS): by default this machine's cores divided
+by `--workers` locally, so that workers × threads never exceed the cores (unless
+`--oversubscribe`), and 1 on Dask (whose workers are sized where the cluster is started).
 
 Like runner.py, this module imports only the standard library at the top: the command line is
 checked (`check`) before the environment exists. pandas, tqdm and dask are imported where used.
@@ -46,7 +53,7 @@ class Run:
     """One point of the grid."""
 
     key: str
-    """Short SHA-256 of (study, profile, parameters, code version): the run's folder name."""
+    """Short SHA-256 of (study, profile, parameters, code version, threads, device): the run's folder name."""
     grid: dict[str, Any]
     """This point's grid values, typed (they become the table's param_<name> columns)."""
     args: dict[str, str]
@@ -68,6 +75,12 @@ class Sweep:
     code: str
     """Code version: HEAD's commit + a hash of the wm/ sources and the notebook (see code_version)."""
     runs: list[Run]
+    threads: int = 1
+    """CPU threads of each run (OMP_NUM_THREADS of its process)."""
+    device: str = ""
+    """Where the runs compute (see device_kind): a Dask worker elsewhere refuses a run keyed otherwise."""
+    allow_cpu: bool = False
+    """Pass --allow-cpu to each run (the gpu profile on a machine without CUDA)."""
 
     def folder(self, run: Run) -> Path:
         return self.out / "runs" / run.key
@@ -97,9 +110,34 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return grid
 
 
+SCHEMES = ("tcp", "tls", "ucx", "ws", "wss")
+
+
+def check_scheduler(address: str) -> None:
+    """A Dask scheduler address such as tcp://host:8786 (the form only: reaching it comes later)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(address)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in SCHEMES or not parts.hostname or port is None \
+            or parts.path not in ("", "/"):
+        raise UsageError(f"--scheduler {address!r} is not a Dask scheduler address: give "
+                         f"SCHEME://HOST:PORT with SCHEME one of {', '.join(SCHEMES)}, e.g. tcp://host:8786")
+
+
+def default_threads(workers: int, scheduler: str | None) -> int:
+    import os
+    return 1 if scheduler else max(1, (os.cpu_count() or 1) // workers)
+
+
 def check(study: str, profile: str, grid_items: list[str], fixed: dict[str, str],
-          workers: int | None, scheduler: str | None) -> dict[str, list[str]]:
+          workers: int | None, scheduler: str | None, threads: int | None = None,
+          oversubscribe: bool = False, out: Path | None = None) -> dict[str, list[str]]:
     """Everything that can be checked before the environment exists; returns the parsed grid."""
+    import os
     grid = parse_grid(grid_items)
     if not grid:
         raise UsageError("a sweep needs at least one --grid NAME=V1,V2")
@@ -112,6 +150,17 @@ def check(study: str, profile: str, grid_items: list[str], fixed: dict[str, str]
         raise UsageError(f"--workers {workers} must be at least 1")
     if workers is not None and scheduler:
         raise UsageError("--workers is for local runs: a Dask cluster's size is set where it is started")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads {threads} must be at least 1")
+    cores = os.cpu_count() or 1
+    if not scheduler and not oversubscribe:
+        total = (workers or 1) * (threads or default_threads(workers or 1, None))
+        if total > cores:
+            raise UsageError(f"--workers {workers or 1} x --threads {total // (workers or 1)} = {total} threads on "
+                             f"{cores} cores would slow every run down: use fewer, or --oversubscribe")
+    if scheduler:
+        check_scheduler(scheduler)
+    runner.check_out(out)
     # names (and the profile, the study) checked like a single run's; all values are parsed here
     runner.check_request(study, profile, {**fixed, **{name: texts[0] for name, texts in grid.items()}})
     return grid
@@ -139,19 +188,31 @@ def source_hash(study: str) -> str:
     return digest.hexdigest()[:12]
 
 
-def run_key(study: str, profile: str, values: dict[str, Any], code: str) -> str:
+def run_key(study: str, profile: str, values: dict[str, Any], code: str, threads: int, device: str) -> str:
     blob = json.dumps({"study": study, "profile": profile, "parameters": sorted(values.items()),
-                       "code": code}, default=repr, sort_keys=True)
+                       "code": code, "threads": threads, "device": device}, default=repr, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def device_kind() -> str:
+    """The GPU's name where CUDA is available, else the CPU's model (no thread count: that is keyed apart)."""
+    import torch
+
+    from wm.results import cpu_model
+    return f"cuda:{torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else f"cpu:{cpu_model()}"
+
+
 def plan(study: str, profile: str, grid: dict[str, list[str]], fixed: dict[str, str],
-         out: Path | None = None) -> Sweep:
+         out: Path | None = None, workers: int = 1, threads: int | None = None,
+         scheduler: str | None = None, allow_cpu: bool = False) -> Sweep:
     """Expand the grid into keyed runs and let the study's Config check every value (inside the
     environment: resolving `auto` needs torch). Raises UsageError before anything is written."""
     from wm.config import resolve_profile
 
     profile = resolve_profile(profile)
+    runner.check_device(profile, allow_cpu)
+    threads = threads or default_threads(workers, scheduler)
+    device = device_kind()
     out = Path(out) if out is not None else ROOT / "data" / "sweeps" / f"{study}-{profile}"
     code = code_version(study)
     runs = []
@@ -163,35 +224,40 @@ def plan(study: str, profile: str, grid: dict[str, list[str]], fixed: dict[str, 
         # typed values in the table's param_ columns; a list or the like stays as typed text
         typed = {n: values[n] if isinstance(values[n], (bool, int, float, str, type(None))) else t
                  for n, t in texts.items()}
-        runs.append(Run(run_key(study, profile, values, code), typed, args))
+        runs.append(Run(run_key(study, profile, values, code, threads, device), typed, args))
     if len({r.key for r in runs}) < len(runs):
         raise UsageError("the grid lists the same run twice (a value repeated in one --grid)")
-    return Sweep(study, profile, grid, fixed, out, code, runs)
+    return Sweep(study, profile, grid, fixed, out, code, runs, threads, device, allow_cpu)
 
 
 # ---------------------------------------------------------------------------------------------
 # Executing one run
 # ---------------------------------------------------------------------------------------------
 
-def execute(study: str, profile: str, args: dict[str, str], out: Path) -> float:
+def execute(study: str, profile: str, args: dict[str, str], out: Path, threads: int = 1,
+            allow_cpu: bool = False) -> float:
     """`python -m wm run` into OUT in a child process; returns its wall seconds.
 
     A child process, not runner.run in this one: runner.run points the kernel at its folder
     through environment variables (WM_RESULTS_DIR ...), which threads sharing one process (a
     Dask worker's, or the local pool's) would overwrite for each other. A child also makes a
     killed sweep realistic: the run dies with it, leaving a folder without done.json.
-    The thread count is left as the caller set it (OMP_NUM_THREADS): picking it per --workers
-    would make CPU numbers depend on the sweep's parallelism, which the key does not include.
+    The run computes on THREADS CPU threads (OMP_NUM_THREADS and MKL_NUM_THREADS of the child,
+    which its kernel inherits): the thread count is part of the run's key.
     """
+    import os
+
     cmd = [sys.executable, "-m", "wm", "run", study, "--profile", profile, "--out", str(out)]
+    cmd += ["--allow-cpu"] if allow_cpu else []
     for name, text in args.items():
         cmd += ["-p", name, text]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with open(out / "run.log", "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
     if code != 0:
         tail = (out / "run.log").read_text(errors="replace").strip().splitlines()[-1:]
         raise RunFailed(f"exit {code}: {' '.join(tail)} (log: {out / 'run.log'})")
@@ -200,7 +266,8 @@ def execute(study: str, profile: str, args: dict[str, str], out: Path) -> float:
     return time.perf_counter() - started
 
 
-def execute_remote(study: str, profile: str, args: dict[str, str], sources: str) -> dict[str, Any]:
+def execute_remote(study: str, profile: str, args: dict[str, str], sources: str, threads: int = 1,
+                   device: str = "", allow_cpu: bool = False) -> dict[str, Any]:
     """A run on a Dask worker: executed into a temporary folder there, its files sent back.
 
     The worker needs this repository importable and the project's environment, not the
@@ -209,8 +276,11 @@ def execute_remote(study: str, profile: str, args: dict[str, str], sources: str)
     if source_hash(study) != sources:  # the key promises this code made the numbers
         raise RunFailed(f"the worker on {socket.gethostname()} has other wm/ sources than the "
                         f"client (hash {source_hash(study)}, not {sources}): sync its checkout")
+    if device and device_kind() != device:  # so is the device: other hardware, other numbers
+        raise RunFailed(f"the worker on {socket.gethostname()} computes on {device_kind()}, not on "
+                        f"{device} as the sweep's keys say: run the sweep from a machine like its workers")
     with tempfile.TemporaryDirectory(prefix="wm-sweep-") as tmp:
-        seconds = execute(study, profile, args, Path(tmp))
+        seconds = execute(study, profile, args, Path(tmp), threads, allow_cpu)
         files = {p.relative_to(tmp).as_posix(): p.read_bytes()
                  for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
     return {"seconds": seconds, "host": socket.gethostname(), "files": files}
@@ -221,7 +291,8 @@ def _mark_done(sweep: Sweep, run: Run, seconds: float, host: str) -> None:
     from wm.results import atomic_write_text
 
     record = {"key": run.key, "study": sweep.study, "profile": sweep.profile, "parameters": run.args,
-              "code_version": sweep.code, "wall_seconds": round(seconds, 1), "host": host}
+              "code_version": sweep.code, "threads": sweep.threads, "device": sweep.device,
+              "wall_seconds": round(seconds, 1), "host": host}
     atomic_write_text(sweep.folder(run) / "done.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -233,7 +304,8 @@ def merge(sweep: Sweep) -> Path | None:
     """Write <out>/<study>.csv from every finished run of this grid (None if there is none).
 
     Rows come in grid order whatever order the runs finished in, so the table of a sweep does
-    not depend on how it was scheduled. One row per measurement is checked, not hoped for.
+    not depend on how it was scheduled. Every row of every run is kept: wm.results.Results
+    refuses to record one measurement twice, and the `run` column tells runs apart.
     """
     import pandas as pd
 
@@ -249,17 +321,12 @@ def merge(sweep: Sweep) -> Path | None:
         frame["run"] = run.key
         frames.append(frame)
     sidecar = {"study": sweep.study, "profile": sweep.profile, "grid": sweep.grid, "fixed": sweep.fixed,
-               "code_version": sweep.code, "runs": len(sweep.runs), "finished": len(frames),
+               "code_version": sweep.code, "threads": sweep.threads, "device": sweep.device,
+               "runs": len(sweep.runs), "finished": len(frames),
                "keys": {r.key: r.args for r in sweep.runs}}
     path = sweep.out / f"{sweep.study}.csv"
     if frames:
-        table = pd.concat(frames, ignore_index=True).drop_duplicates(ignore_index=True)
-        ident = [c for c in table.columns if c != "value" and not c.startswith("param_")]
-        repeated = table[table.duplicated(ident, keep=False)]
-        if len(repeated):
-            raise RuntimeError(f"{len(repeated)} rows of the sweep share ({', '.join(ident)}) with "
-                               f"different values: {sweep.study} records a measurement twice\n"
-                               + repeated.head(6).to_string())
+        table = pd.concat(frames, ignore_index=True)
         results.atomic_write_text(path, table.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
         sidecar["rows"] = len(table)
     results.atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2, default=repr) + "\n")
@@ -321,7 +388,7 @@ def _locally(sweep: Sweep, todo: list[Run], workers: int, finished) -> None:
         return
 
     def one(r: Run) -> float:
-        return execute(sweep.study, sweep.profile, r.args, sweep.folder(r))
+        return execute(sweep.study, sweep.profile, r.args, sweep.folder(r), sweep.threads, sweep.allow_cpu)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(one, r): r for r in todo}
@@ -340,12 +407,12 @@ def _on_dask(sweep: Sweep, todo: list[Run], scheduler: str, finished) -> None:
 
     try:
         client = Client(scheduler, timeout="30s")
-    except (OSError, TimeoutError) as err:
-        raise RuntimeError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - OSError, TimeoutError, or distributed's own: one line
+        raise RuntimeError(f"cannot reach the Dask scheduler at {scheduler}: {type(err).__name__}: {err}") from None
     sources = sweep.code.split("+", 1)[1]
     with client:
-        futures = {client.submit(execute_remote, sweep.study, sweep.profile, r.args, sources,
-                                 key=f"wm-{sweep.study}-{r.key}", pure=False): r
+        futures = {client.submit(execute_remote, sweep.study, sweep.profile, r.args, sources, sweep.threads,
+                                 sweep.device, sweep.allow_cpu, key=f"wm-{sweep.study}-{r.key}", pure=False): r
                    for r in todo}
         for future in dask_completed(futures):
             r = futures[future]

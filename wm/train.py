@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from wm.progress import Progress
 from tqdm import tqdm  # the plain bar: tqdm.auto warns in notebooks without ipywidgets
 
 LOSSES = ("ce", "soft_ce", "mse", "l1")
@@ -174,6 +175,9 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig | N
     `params` restricts the optimizer to some parameters (default: all that require grad).
     """
     cfg = cfg or TrainConfig()
+    if len(x) == 0 or len(x) != len(y):
+        raise ValueError(f"fit needs a non-empty training set with one label per sample "
+                         f"(got {len(x)} samples and {len(y)} labels)")
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     cuda = device.type == "cuda"
@@ -193,6 +197,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig | N
     model.train()
     start = time.perf_counter()
     bar = tqdm(total=total, disable=not cfg.progress, leave=False, desc="train")
+    live = Progress(f"training {type(model).__name__}", total, cfg.epochs)
     step = 0
     while step < total:
         perm = torch.randperm(n, generator=order).to(device, non_blocking=True)
@@ -225,6 +230,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig | N
             history.samples += len(idx)
             step += 1
             bar.update()
+            live.update(step, (step - 1) // steps_per_epoch)
         history.loss.append((running / max(1, batches)).item())  # one sync per epoch
     bar.close()
     if cuda:

@@ -35,7 +35,6 @@ import contextlib
 import copy
 import hashlib
 import json
-import math
 import os
 import tempfile
 from bisect import bisect_right
@@ -50,7 +49,8 @@ from torch import nn
 from wm import metrics
 from wm import models as wm_models
 from wm.attacks import attacked_weights
-from wm.config import StudyConfig, require
+from wm.config import (FASHION_TEST, FASHION_TRAIN, MAX_BATCH, MAX_EPOCHS, MAX_SEED, MAX_SEEDS, MAX_WIDTH,
+                       StudyConfig, param, require)
 from wm.train import History, Hook, TrainConfig, autocast, fit, seed_everything
 
 METHODS = ("none", "freeze_only", "watermas", "tart", "uchida")
@@ -701,44 +701,44 @@ class Config(StudyConfig):
 
     profile: str = "cpu"
     """smoke, cpu or gpu (resolved from auto)."""
-    seed: int = 0
+    seed: int = param(0, ge=0, le=MAX_SEED)
     """First seed (model init, key, batch order); seeds seed, seed+1, … when seeds > 1."""
-    seeds: int = 1
+    seeds: int = param(1, ge=1, le=MAX_SEEDS)
     """Seeds per (model, method)."""
-    models: tuple = ("smallcnn", "resnet18")
+    models: tuple = param(("smallcnn", "resnet18"), choices=MODELS)
     """Architectures (`MODELS`); the paper used VGG16, ResNet18, MobileNetV3 and Swin-T on CIFAR-10."""
-    width: int = 16
+    width: int = param(16, ge=1, le=MAX_WIDTH)
     """Width of the small CNN."""
-    n_train: int = 30000
+    n_train: int = param(30000, ge=1, le=FASHION_TRAIN)
     """Training images drawn from Fashion-MNIST's 60 000 (the small CNN trains on all of them)."""
-    n_test: int = 2000
+    n_test: int = param(2000, ge=1, le=FASHION_TEST)
     """Held-out test images for accuracy (and the sharpness measurement's pool)."""
-    epochs: float = 3
+    epochs: float = param(3, gt=0, le=MAX_EPOCHS)
     """Training epochs of the small CNN, from scratch with the watermark present from step 0."""
-    resnet18_stem: str = "imagenet"
+    resnet18_stem: str = param("imagenet", choices=("imagenet", "cifar"))
     """ResNet-18's stem (wm.models.resnet18): `imagenet` (torchvision's 7×7/2 conv + max-pool,
     ~0.03 GMAC per 28×28 image, ~660 images/s in training on 2 CPU cores) in the cpu profile;
     `cifar` (3×3/1, no pool, ~0.43 GMAC, ~80 images/s on 2 cores: only a token budget would fit)
     in the gpu profile."""
-    large_n_train: int = 8000
+    large_n_train: int = param(8000, ge=1, le=FASHION_TRAIN)
     """Training images (the first ones of n_train) for the torchvision architectures."""
-    large_epochs: float = 2
+    large_epochs: float = param(2, gt=0, le=MAX_EPOCHS)
     """Training epochs of the torchvision architectures."""
-    large_n_test: int = 2000
+    large_n_test: int = param(2000, ge=1, le=FASHION_TEST)
     """Test images (the first ones of n_test) for the torchvision architectures' evaluations."""
-    batch_size: int = 128
+    batch_size: int = param(128, ge=2, le=MAX_BATCH)
     """Samples per step."""
-    lr: float = 0.05
+    lr: float = param(0.05, gt=0, le=10)
     """Peak SGD (Nesterov) learning rate, warm-up then cosine decay."""
-    weight_decay: float = 5e-4
+    weight_decay: float = param(5e-4, ge=0, le=1)
     """SGD weight decay (the group's 5e-4); the freeze keeps it off the keyed weights."""
-    n_bits: int = 256
+    n_bits: int = param(256, ge=1, le=10**7)
     """Payload: keyed weights (one bit each) of the main experiments."""
-    kappa: float = 1.0
+    kappa: float = param(1.0, gt=0, le=1e6)
     """κ of the value rule w_k = ±κ·σ_ℓ: the keyed weights look like ordinary weights of their layer."""
-    rho: float = 0.05
+    rho: float = param(0.05, gt=0, le=1e6)
     """ρ, the norm of WaterMAS's perturbation of the keyed weights (SAM's default)."""
-    lam: float = 5.0
+    lam: float = param(5.0, ge=0, le=1e6)
     """λ of WaterMAS, (1+λ)·L(θ) − λ·L(θ+ε_K). What matters is λ·ρ: the extra gradient is
     λ·(g − g_pert) ≈ −λ·∇_F(ε_K·g_K), i.e. of order λ·ρ. Measured (small CNN width 16, 6400
     images, 100 steps, 256 bits, ρ = 0.05; SAM-sharpness at ρ = 0.05 on 1000 test images):
@@ -746,55 +746,55 @@ class Config(StudyConfig):
     the 0.05 cap 0.0036 (1.6× sharper) at 80.0%; λ = 10 uncapped ran away (0.28, 28.9%: the
     unbounded maximisation of pitfall 10). So the smallest λ with a visible effect, kept capped
     (longer runs: see max_sharpness, which then sets the trade-off)."""
-    max_sharpness: float | None = 0.01
+    max_sharpness: float | None = param(0.01, gt=0, le=1e6)
     """Cap on S_K: a step whose perturbed loss already exceeds L(θ) by this much drops the −λ term
     (None: no cap). The cap, more than λ, sets the trade-off: measured (small CNN width 16, 30k
     images × 3 epochs, 256 bits, λ = 5), cap 0.05 gave SAM-sharpness 0.056 (28× freeze-only's
     0.002) at a cost of 4.35 accuracy points; cap 0.01 gave 0.0065 (3.3×) at 0.1 point. The
     default keeps the imperceptibility budget of 1 point; the notebook sweeps it (`sweep_caps`).
     TART's replica term gets the same cap."""
-    sweep_caps: tuple = (0.005, 0.02, 0.05)
+    sweep_caps: tuple = param((0.005, 0.02, 0.05), gt=0, le=1e6)
     """Caps of the sharpness-budget sweep (besides max_sharpness)."""
-    tart_replicas: int = 2
+    tart_replicas: int = param(2, ge=1, le=64)
     """R, noisy replicas per step of the ICPR 2020 baseline (the group's testbed uses 2)."""
-    tart_noise: float = 1.0
+    tart_noise: float = param(1.0, gt=0, le=1e6)
     """Replica noise std relative to each keyed weight's magnitude κ·σ_ℓ (1.0: the scale of the
     first step of the noise-attack grid). The ancestor's absolute 0.01 was set for values of ±1-±10."""
-    tart_lam: float = 0.5
+    tart_lam: float = param(0.5, ge=0, lt=1)
     """λ of TART's L(Γ0) − (λ/R)·Σ_r L(Γ_r). Must stay below 1: the task loss's own weight is
     1 − λ (with λ ≥ 1 the objective would maximise the loss). Measured as above: λ = 0.5 with
     noise 0.5 / 2: sharpness 0.0027 / 0.0036 at 76.9% / 77.8% (the halved task weight costs
     accuracy in a short run)."""
-    uchida_bits: int = 64
+    uchida_bits: int = param(64, ge=1, le=10**7)
     """T, bits of the Uchida baseline (≤ M of the host layer, 9·width for the small CNN's)."""
-    uchida_lam: float = 0.1
+    uchida_lam: float = param(0.1, gt=0, le=1e6)
     """λ_U of the Uchida regulariser, on the summed BCE. Uchida et al.'s 0.01 assumed hundreds of
     epochs; measured here (width 16, 64 bits, 100 steps): 0.01 left 11% BER, 0.1 gave 0% at the
     same accuracy (80.6% vs 79.6%)."""
-    payloads: tuple = (64, 256, 1024, 4096)
+    payloads: tuple = param((64, 256, 1024, 4096), of=int, ge=1, le=10**7)
     """Payload sweep (bits) for the payload / imperceptibility / robustness trade-off."""
-    noise_k: tuple = (0.05, 0.1, 0.2, 0.35, 0.5, 1, 3, 9)
+    noise_k: tuple = param((0.05, 0.1, 0.2, 0.35, 0.5, 1, 3, 9), gt=0, le=1e6)
     """Gaussian-noise attack: std = k × the layer's weight std. The group's grid is 1..9; on these
     models k = 1 already leaves chance accuracy (measured), so the grid adds fractions below 1."""
-    prune_amounts: tuple = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    prune_amounts: tuple = param((0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), ge=0, le=1)
     """Per-layer L1 pruning fractions (the group's grid)."""
-    quant_bits: tuple = (16, 8, 6, 4, 3, 2)
+    quant_bits: tuple = param((16, 8, 6, 4, 3, 2), of=int, ge=1, le=32)
     """Min-max weight quantization bit widths."""
-    finetune_epochs: tuple = (1, 3)
+    finetune_epochs: tuple = param((1, 3), gt=0, le=MAX_EPOCHS)
     """Fine-tuning attack epochs."""
-    finetune_lrs: tuple = (0.001, 0.01)
+    finetune_lrs: tuple = param((0.001, 0.01), gt=0, le=10)
     """Fine-tuning attack learning rates (the group's attack: SGD 0.01, momentum 0.9, wd 5e-4)."""
-    finetune_fraction: float = 0.1
+    finetune_fraction: float = param(0.1, gt=0, le=1)
     """Share of the training set the fine-tuning attacker holds."""
-    sharpness_samples: int = 1000
+    sharpness_samples: int = param(1000, ge=1, le=FASHION_TEST)
     """Test images the sharpness measurement uses."""
-    sharpness_random: int = 8
+    sharpness_random: int = param(8, ge=1, le=10000)
     """Random directions averaged by the sharpness measurement."""
-    seg_size: int = 128
+    seg_size: int = param(128, ge=32, le=4096)
     """Segmentation experiment: images resized to seg_size × seg_size."""
-    seg_n_train: int = 500
+    seg_n_train: int = param(500, ge=1, le=10**6)
     """Segmentation experiment: at most this many training images."""
-    seg_epochs: float = 5
+    seg_epochs: float = param(5, gt=0, le=MAX_EPOCHS)
     """Segmentation experiment: training epochs of DeepLabV3 (random initialisation)."""
 
     PROFILE_DEFAULTS = {
@@ -809,52 +809,14 @@ class Config(StudyConfig):
     }
 
     def check(self) -> None:
-        def ints(v, lo=1):
-            return isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-        def grid(v, ok):
-            return isinstance(v, (tuple, list)) and len(v) > 0 and all(ok(e) for e in v)
-
-        require(isinstance(self.seed, int), "seed", self.seed, "an integer")
-        require(ints(self.seeds), "seeds", self.seeds, "an integer ≥ 1")
-        require(grid(self.models, lambda m: m in MODELS), "models", self.models, f"a non-empty tuple of {', '.join(MODELS)}")
-        require(ints(self.width), "width", self.width, "an integer ≥ 1")
-        require(ints(self.n_train) and self.n_train <= 60000, "n_train", self.n_train, "in 1..60000")
-        require(ints(self.n_test) and self.n_test <= 10000, "n_test", self.n_test, "in 1..10000")
-        require(self.epochs > 0, "epochs", self.epochs, "> 0")
-        require(self.resnet18_stem in ("imagenet", "cifar"), "resnet18_stem", self.resnet18_stem, "imagenet or cifar")
-        require(ints(self.large_n_train) and self.large_n_train <= self.n_train, "large_n_train",
-                self.large_n_train, "an integer in 1..n_train")
-        require(self.large_epochs > 0, "large_epochs", self.large_epochs, "> 0")
-        require(ints(self.large_n_test) and self.large_n_test <= self.n_test, "large_n_test",
-                self.large_n_test, "an integer in 1..n_test")
-        require(ints(self.batch_size, 2), "batch_size", self.batch_size, "an integer ≥ 2")
-        require(self.lr > 0, "lr", self.lr, "> 0")
-        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "≥ 0")
-        require(ints(self.n_bits), "n_bits", self.n_bits, "an integer ≥ 1")
-        require(math.isfinite(self.kappa) and self.kappa > 0, "kappa", self.kappa, "a positive number")
-        require(math.isfinite(self.rho) and self.rho > 0, "rho", self.rho, "a positive number")
-        require(math.isfinite(self.lam) and self.lam >= 0, "lam", self.lam, "a number ≥ 0")
-        require(self.max_sharpness is None or self.max_sharpness > 0, "max_sharpness", self.max_sharpness, "> 0 or None")
-        require(grid(self.sweep_caps, lambda c: c > 0), "sweep_caps", self.sweep_caps, "a non-empty tuple of positive values")
-        require(ints(self.tart_replicas), "tart_replicas", self.tart_replicas, "an integer ≥ 1")
-        require(math.isfinite(self.tart_noise) and self.tart_noise > 0, "tart_noise", self.tart_noise, "a positive number")
-        require(0 <= self.tart_lam < 1, "tart_lam", self.tart_lam, "in [0, 1) (the task loss's weight is 1 − λ)")
-        require(ints(self.uchida_bits), "uchida_bits", self.uchida_bits, "an integer ≥ 1")
-        require(math.isfinite(self.uchida_lam) and self.uchida_lam > 0, "uchida_lam", self.uchida_lam, "a positive number")
-        require(grid(self.payloads, ints), "payloads", self.payloads, "a non-empty tuple of integers ≥ 1")
-        require(grid(self.noise_k, lambda k: k > 0), "noise_k", self.noise_k, "a non-empty tuple of values > 0")
-        require(grid(self.prune_amounts, lambda a: 0 <= a <= 1), "prune_amounts", self.prune_amounts, "values in [0, 1]")
-        require(grid(self.quant_bits, lambda b: ints(b) and b <= 32), "quant_bits", self.quant_bits, "integers in 1..32")
-        require(grid(self.finetune_epochs, lambda e: e > 0), "finetune_epochs", self.finetune_epochs, "positive values")
-        require(grid(self.finetune_lrs, lambda v: v > 0), "finetune_lrs", self.finetune_lrs, "positive values")
-        require(0 < self.finetune_fraction <= 1, "finetune_fraction", self.finetune_fraction, "in (0, 1]")
-        require(ints(self.sharpness_samples) and self.sharpness_samples <= self.n_test, "sharpness_samples",
-                self.sharpness_samples, "an integer in 1..n_test")
-        require(ints(self.sharpness_random), "sharpness_random", self.sharpness_random, "an integer ≥ 1")
-        require(ints(self.seg_size, 32), "seg_size", self.seg_size, "an integer ≥ 32")
-        require(ints(self.seg_n_train), "seg_n_train", self.seg_n_train, "an integer ≥ 1")
-        require(self.seg_epochs > 0, "seg_epochs", self.seg_epochs, "> 0")
+        require(self.large_n_train <= self.n_train, "large_n_train", self.large_n_train, f"at most n_train ({self.n_train})")
+        require(self.large_n_test <= self.n_test, "large_n_test", self.large_n_test, f"at most n_test ({self.n_test})")
+        require(self.sharpness_samples <= self.n_test, "sharpness_samples", self.sharpness_samples,
+                f"at most n_test ({self.n_test})")
+        # every model trains on a full batch at least; the fine-tuning attacker's share is max(1, ...) images
+        require(self.n_train >= self.batch_size, "n_train", self.n_train, f"at least batch_size ({self.batch_size})")
+        require(self.large_n_train >= self.batch_size, "large_n_train", self.large_n_train,
+                f"at least batch_size ({self.batch_size})")
 
     def budget(self, model: str) -> tuple[int, float, int]:
         """(training images, epochs, test images) for MODEL: the small CNN's or the torchvision
