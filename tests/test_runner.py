@@ -29,7 +29,7 @@ def _snapshot(folders=PUBLISHED) -> dict[str, str]:
 
 
 def _scratch() -> set[Path]:
-    return set((ROOT / "runs").glob("*")) if (ROOT / "runs").is_dir() else set()
+    return set((ROOT / "data" / "runs").glob("*")) if (ROOT / "data" / "runs").is_dir() else set()
 
 
 @pytest.fixture
@@ -120,7 +120,7 @@ def test_papermill_run_directly_writes_a_scratch_folder_not_the_book(unchanged, 
     a misspelt parameter (papermill only warns about it)."""
     import papermill
 
-    before = set((ROOT / "runs").glob("quickstart-smoke-*")) if (ROOT / "runs").is_dir() else set()
+    before = set((ROOT / "data" / "runs").glob("quickstart-smoke-*")) if (ROOT / "data" / "runs").is_dir() else set()
     env = {k: v for k, v in os.environ.items() if k not in ("WM_OUT", "WM_PROGRESS")}
     saved = dict(os.environ)
     os.environ.clear()
@@ -132,7 +132,7 @@ def test_papermill_run_directly_writes_a_scratch_folder_not_the_book(unchanged, 
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    new = set((ROOT / "runs").glob("quickstart-smoke-*")) - before
+    new = set((ROOT / "data" / "runs").glob("quickstart-smoke-*")) - before
     try:
         assert len(new) == 1, new
         (run,) = new

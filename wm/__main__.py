@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                    metavar=("NAME", "VALUE"), help="override one notebook parameter")
     r.add_argument("--out", type=Path, default=None,
                    help="the run's folder: the executed notebook, results/ and figures/ (default: a new "
-                        "runs/STUDY-PROFILE-TIME/); nothing in book/ or data/results/ changes")
+                        "data/runs/STUDY-PROFILE-TIME/); nothing in book/ or data/results/ changes")
     r.add_argument("--publish", action="store_true",
                    help="from a clean tree: then move the finished notebook, its table, sidecar and "
                         "figures into book/ and data/results/ (the published chapter)")

@@ -6,7 +6,7 @@ same folder, then os.replace): a killed run never leaves half a table.
 
 Where a run writes is never the published book: a notebook's table goes to `$WM_OUT/results/` and
 its figures to `$WM_OUT/figures/`. The runner sets WM_OUT to the run's own folder; a notebook run
-by papermill or Jupyter directly gets a scratch folder `runs/<study>-<profile>-<time>/` instead.
+by papermill or Jupyter directly gets a scratch folder `data/runs/<study>-<profile>-<time>/` instead.
 Only `python -m wm run --publish` (and `python -m wm book`) moves a finished run's notebook, table,
 sidecar and figures into `book/` and `data/results/` (wm.runner.publish).
 """
@@ -40,7 +40,7 @@ EXAMPLE_STUDY = "quickstart"  # the pipeline's demonstration notebook, until the
 PUBLISHED_RESULTS = ROOT / "data" / "results"
 """The published tables: written only by publishing (wm.runner.publish), read by the comparison."""
 PUBLISHED_FIGURES = ROOT / "book" / "figures"
-SCRATCH = ROOT / "runs"
+SCRATCH = ROOT / "data" / "runs"
 """Scratch runs (git-ignored): every run's default destination."""
 PUBLISHED_PATHS = ("book/*.ipynb", "book/figures", "data/results")
 """What publishing writes: left out of the clean-tree check, so that publishing one chapter does
@@ -50,7 +50,7 @@ _scratch: Path | None = None
 
 
 def scratch_folder(label: str) -> Path:
-    """A new folder name runs/<label>-<time>/ (made unique with the process id if taken)."""
+    """A new folder name data/runs/<label>-<time>/ (made unique with the process id if taken)."""
     path = SCRATCH / f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
     return path.with_name(f"{path.name}-{os.getpid()}") if path.exists() else path
 

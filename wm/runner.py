@@ -7,7 +7,7 @@ exist. Values are then checked by the study's own `Config.from_profile` before p
 kernel.
 
 A run writes into its own folder: `--out DIR`, or by default a new scratch folder
-`runs/<study>-<profile>-<time>/` (git-ignored) holding the executed notebook, `results/` and
+`data/runs/<study>-<profile>-<time>/` (git-ignored) holding the executed notebook, `results/` and
 `figures/`. Nothing under `book/` or `data/results/` changes unless the run is published
 (`--publish`): then, from a clean tree, the finished run's notebook, table, sidecar and figures
 are moved into place together (`publish`). A failed run keeps its half-executed notebook in its
@@ -224,7 +224,7 @@ def run(study: str, profile: str = "auto", params: dict[str, str] | None = None,
         allow_cpu: bool = False) -> Path:
     """Execute notebooks/STUDY.ipynb into its own folder and return the executed notebook's path.
 
-    OUT is that folder (default: a new runs/<study>-<profile>-<time>/). With PUBLISH (no OUT) the
+    OUT is that folder (default: a new data/runs/<study>-<profile>-<time>/). With PUBLISH (no OUT) the
     finished run is then moved into book/ and data/results/ (`publish`), from a clean tree only.
     """
     from wm.config import resolve_profile
