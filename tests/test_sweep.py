@@ -296,3 +296,20 @@ def test_the_same_sweep_on_a_dask_cluster_gives_the_same_table(resumed, tmp_path
         again = _wm(*SWEEP, "--scheduler", cluster.scheduler_address, "--out", str(out), timeout=120)
         assert again.returncode == 0 and "6 of 6 runs already finished; 0 to run" in again.stderr, again.stderr
         assert (out / "quickstart.csv").read_bytes() == table
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_sweep_and_its_runs(tmp_path):
+    """A stopped sweep stops the runs it started: none goes on writing into the sweep folder."""
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "wm", *SWEEP, "--out", str(out)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("runs/*/run.log")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(out) not in ps, "a run of the stopped sweep is still running"

@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, default=None,
                    help="the sweep folder (default data/sweeps/STUDY-PROFILE/)")
 
-    b = sub.add_parser("book", help="execute every notebook into book/ and build the HTML book")
+    b = sub.add_parser("book", help="execute and publish every notebook (from a clean tree), then build the HTML book")
     b.add_argument("--profile", default="auto")
     b.add_argument("--no-run", action="store_true",
                    help="build from the executed notebooks already in book/")

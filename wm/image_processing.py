@@ -47,8 +47,8 @@ from torch import nn
 
 from wm import ROOT, data, metrics
 from wm import models as wm_models
-from wm.progress import Progress
 from wm.config import MAX_BATCH, MAX_EPOCHS, MAX_PAIRS, MAX_SEED, MAX_WIDTH, StudyConfig, param, require
+from wm.progress import Progress
 from wm.train import History, seed_everything
 
 WATERMARKS = ("logo", "qr")

@@ -234,6 +234,10 @@ def plan(study: str, profile: str, grid: dict[str, list[str]], fixed: dict[str, 
 # Executing one run
 # ---------------------------------------------------------------------------------------------
 
+_children: set[subprocess.Popen] = set()
+"""The runs executing now: a sweep that is stopped (SIGTERM, Ctrl-C) stops them too (see `run`)."""
+
+
 def execute(study: str, profile: str, args: dict[str, str], out: Path, threads: int = 1,
             allow_cpu: bool = False) -> float:
     """`python -m wm run` into OUT in a child process; returns its wall seconds.
@@ -257,7 +261,12 @@ def execute(study: str, profile: str, args: dict[str, str], out: Path, threads: 
     with open(out / "run.log", "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        child = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _children.add(child)
+        try:
+            code = child.wait()
+        finally:
+            _children.discard(child)
     if code != 0:
         tail = (out / "run.log").read_text(errors="replace").strip().splitlines()[-1:]
         raise RunFailed(f"exit {code}: {' '.join(tail)} (log: {out / 'run.log'})")
@@ -390,13 +399,20 @@ def _locally(sweep: Sweep, todo: list[Run], workers: int, finished) -> None:
     def one(r: Run) -> float:
         return execute(sweep.study, sweep.profile, r.args, sweep.folder(r), sweep.threads, sweep.allow_cpu)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         futures = {pool.submit(one, r): r for r in todo}
         for future in as_completed(futures):
             r = futures[future]
             if future.exception() is None:
                 _mark_done(sweep, r, future.result(), socket.gethostname())
             finished(r, future.exception())
+    except BaseException:  # SIGTERM (as SystemExit) or Ctrl-C: start nothing more, stop what runs
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in list(_children):
+            child.terminate()  # each run then cleans up after its own SIGTERM
+        raise
+    pool.shutdown()
 
 
 def _on_dask(sweep: Sweep, todo: list[Run], scheduler: str, finished) -> None:

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from wm.progress import Progress
 from tqdm import tqdm  # the plain bar: tqdm.auto warns in notebooks without ipywidgets
+
+from wm.progress import Progress
 
 LOSSES = ("ce", "soft_ce", "mse", "l1")
 OPTIMIZERS = ("sgd", "adam")
