@@ -251,3 +251,15 @@ def test_a_publish_that_fails_while_copying_changes_nothing(tmp_path, published,
     assert (tables / "watermas.csv").read_text() == "old table"
     assert not (book / "watermas.ipynb").exists()
     assert not [p for p in tmp_path.rglob(".*publish*")]
+
+
+@pytest.mark.slow
+def test_tuple_parameters_reach_the_kernel_as_values_not_text(tmp_path):
+    """papermill writes a tuple into the notebook as the text of its repr: the runner passes lists."""
+    assert runner._for_papermill({"a": (0.01,), "b": 3}) == {"a": [0.01], "b": 3}
+    out = tmp_path / "ne"
+    done = _wm("run", "null_embedding", "--profile", "smoke", "--out", str(out), "-p", "pirate_lrs", "(0.02,)",
+               "-p", "sweep_ns", "[4]", timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    params = json.loads((out / "results" / "null_embedding.json").read_text())["parameters"]
+    assert params["pirate_lrs"] == [0.02] and params["sweep_ns"] == [4]

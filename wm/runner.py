@@ -203,6 +203,14 @@ def _environ(**values: str):
                 os.environ[k] = v
 
 
+def _for_papermill(values: dict[str, Any]) -> dict[str, Any]:
+    """Tuples as lists: papermill writes a tuple into the notebook as the text of its repr (a
+    string), a list as a list; the Configs take lists for tuple fields."""
+    def plain(v):
+        return [plain(e) for e in v] if isinstance(v, (tuple, list)) else v
+    return {k: plain(v) for k, v in values.items()}
+
+
 def _banner(prov: dict[str, Any], study: str) -> str:
     minutes, seconds = divmod(round(prov["wall_seconds"]), 60)
     dirty = " (with uncommitted changes)" if prov["dirty"] else ""
@@ -265,7 +273,7 @@ def run(study: str, profile: str = "auto", params: dict[str, str] | None = None,
         kernel = _kernel_for_this_interpreter(Path(tmp))
         try:
             papermill.execute_notebook(
-                str(src), str(executed), parameters={"profile": profile, **values},
+                str(src), str(executed), parameters={"profile": profile, **_for_papermill(values)},
                 kernel_name=kernel, cwd=str(ROOT), progress_bar=not quiet,
                 log_output=False, execution_timeout=None, request_save_on_cell_execute=False)
         except papermill.PapermillExecutionError as err:
