@@ -55,3 +55,14 @@ def test_failed_run_leaves_no_chapter(tmp_path):
     with pytest.raises(runner.UsageError, match="n_train"):
         runner.run("quickstart", "smoke", {"n_train": "0"}, out=tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("study", runner.studies())
+def test_published_code_is_collapsed_or_removed(study):
+    """The book leads with prose, tables and figures: every code cell is collapsed (hide-input),
+    or removed where it only plots or records (remove-input), in the source and the chapter."""
+    for path in (runner.notebook_path(study), runner.BOOK / f"{study}.ipynb"):
+        nb = json.loads(path.read_text())
+        bare = [c.get("id") for c in nb["cells"] if c["cell_type"] == "code"
+                and not {"hide-input", "remove-input"} & set(c.get("metadata", {}).get("tags", []))]
+        assert not bare, f"{path}: code cells shown in full: {bare}"

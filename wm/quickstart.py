@@ -4,7 +4,6 @@ Not a paper's method: this is the utility side of every attack in `wm.attacks`, 
 unwatermarked small CNN trained on Fashion-MNIST. It proves the runner, the training loop, the
 attacks and the results table work together, and gives the reference a watermark study needs:
 how much accuracy each attack strength costs a model that carries no watermark at all.
-It is removed once the three studies' notebooks exist.
 """
 
 from __future__ import annotations

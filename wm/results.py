@@ -1,4 +1,4 @@
-"""The tidy results table of DESIGN.md: one row per measured number, one CSV per study.
+"""The tidy results table: one row per measured number, one CSV per study.
 
 `<study>.csv` holds the rows and `<study>.json` beside it the provenance (commit, device,
 versions, parameters, start and wall time). Both are written atomically (a temporary file in the
@@ -26,7 +26,7 @@ from typing import Any
 from wm import PROFILES, ROOT, STUDIES, __version__
 
 COLUMNS = ("study", "method", "model", "experiment", "attack", "strength", "seed", "metric", "value", "profile", "case")
-"""DESIGN.md's columns, and `case`: what tells apart rows that share all the others (one control
+"""The study's columns (the book's chapter *Reproducing the study* describes them), and `case`: what tells apart rows that share all the others (one control
 among several of an experiment, e.g. 'random signature vs owner's model'); empty otherwise.
 Tables written before it existed are read with an empty `case`."""
 ATTACKS = ("none", "finetune", "prune", "quantize", "noise", "distill", "surrogate", "overwrite",
@@ -34,7 +34,7 @@ ATTACKS = ("none", "finetune", "prune", "quantize", "noise", "distill", "surroga
 METRICS = ("test_acc", "wm_acc_null", "wm_acc_true", "verified", "ber", "psnr", "ssim", "nc", "nc_raw",
            "success_rate", "bit_acc", "sharpness", "seconds")
 RATES = {"test_acc", "wm_acc_null", "wm_acc_true", "verified", "ber", "success_rate", "bit_acc"}
-EXAMPLE_STUDY = "quickstart"  # the pipeline's demonstration notebook, until the studies exist
+EXAMPLE_STUDY = "quickstart"  # the clean reference: what each attack costs a model with no watermark
 
 
 PUBLISHED_RESULTS = ROOT / "data" / "results"
@@ -165,7 +165,7 @@ class Results:
 
     def add(self, *, method: str, model: str, experiment: str, metric: str, value: float,
             seed: int, attack: str = "none", strength: float | int | str | None = None, case: str = "") -> None:
-        """One measured number; the column values are checked against DESIGN.md's vocabulary."""
+        """One measured number; the column values are checked against the table's vocabulary."""
         if attack not in ATTACKS:
             raise ValueError(f"unknown attack {attack!r}: choose from {', '.join(ATTACKS)}")
         if metric not in METRICS:

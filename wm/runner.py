@@ -288,6 +288,10 @@ def run(study: str, profile: str = "auto", params: dict[str, str] | None = None,
         # readers open the chapter with their own Python: keep the source's kernelspec
         nb.metadata["kernelspec"] = nbformat.read(src, as_version=4).metadata["kernelspec"]
         nb.metadata["wm_provenance"] = prov
+        for cell in nb.cells:  # the book collapses code (the sources tag their cells): these too
+            tags = cell.metadata.setdefault("tags", [])
+            if "injected-parameters" in tags and "hide-input" not in tags:
+                tags.append("hide-input")
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(_banner(prov, study)))
         staged = out / f".{study}.ipynb.tmp"
         nbformat.write(nb, staged)

@@ -706,7 +706,8 @@ class Config(StudyConfig):
     seeds: int = param(1, ge=1, le=MAX_SEEDS)
     """Seeds per (model, method)."""
     models: tuple = param(("smallcnn", "resnet18"), choices=MODELS)
-    """Architectures (`MODELS`); the paper used VGG16, ResNet18, MobileNetV3 and Swin-T on CIFAR-10."""
+    """Architectures (`MODELS`); the paper used VGG16, ResNet18, MobileNetV3 and Swin-T on CIFAR-10. Must
+    include smallcnn, on which experiments 2-6 run."""
     width: int = param(16, ge=1, le=MAX_WIDTH)
     """Width of the small CNN."""
     n_train: int = param(30000, ge=1, le=FASHION_TRAIN)
@@ -803,12 +804,15 @@ class Config(StudyConfig):
                       prune_amounts=(0.5, 0.9), quant_bits=(8, 2), finetune_epochs=(0.5,), finetune_lrs=(0.01,),
                       sharpness_samples=200, sharpness_random=2, seg_size=64, seg_n_train=16, seg_epochs=1),
         "cpu": dict(),
-        "gpu": dict(models=("resnet18", "vgg16", "mobilenet_v3_small", "swin_t"), resnet18_stem="cifar", n_train=60000, n_test=10000,
+        # the small CNN stays: experiments 2-6 (robustness, payload, security, controls) run on it
+        "gpu": dict(models=("smallcnn", "resnet18", "vgg16", "mobilenet_v3_small", "swin_t"), resnet18_stem="cifar", n_train=60000, n_test=10000,
                     epochs=4, large_n_train=60000, large_epochs=4, large_n_test=10000, batch_size=256, lr=0.1, uchida_bits=256,
                     sharpness_samples=5000),
     }
 
     def check(self) -> None:
+        require("smallcnn" in self.models, "models", self.models,
+                "a tuple that includes smallcnn: experiments 2-6 (robustness, payload, security, controls) run on it")
         require(self.large_n_train <= self.n_train, "large_n_train", self.large_n_train, f"at most n_train ({self.n_train})")
         require(self.large_n_test <= self.n_test, "large_n_test", self.large_n_test, f"at most n_test ({self.n_test})")
         require(self.sharpness_samples <= self.n_test, "sharpness_samples", self.sharpness_samples,
