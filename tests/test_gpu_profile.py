@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "quickstart": dict(n_train=256, n_test=128, epochs=0.5, width=8, batch_size=64, attack_epochs=0.25),
-    "null_embedding": dict(seeds=2, n_train=256, n_test=128, n_verify=128, epochs=0.25, batch_size=64,
+    "null_embedding": dict(seeds=2, n_train=256, n_test=64, n_verify=64, epochs=0.25, batch_size=64,
                            sweep_n_train=256, sweep_epochs=0.25, pirate_lrs=(0.01,), pirate_epochs=(0.25,),
                            attack_epochs=0.25, sweep_lams=(1.0,), sweep_ns=(4,), width=8),
     "watermas": dict(n_train=256, n_test=128, epochs=0.25, width=8, batch_size=64, large_n_train=64,
