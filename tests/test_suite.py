@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from wm import ROOT, STUDIES, attacks, results
+from wm import ROOT, STUDIES, attacks, metrics, results
 from wm import attack_suite as suite
 from wm import image_processing as ip
 from wm import watermas as wmas
@@ -91,13 +91,13 @@ def test_white_box_finetune_of_the_service_trains_m_and_h_keeps_delta():
 
 def test_ber_threshold_is_the_binomial_bound():
     for n, fpr in ((256, 1e-6), (64, 1e-6), (128, 1e-3)):
-        t = suite.ber_threshold(n, fpr)
+        t = metrics.ber_threshold(n, fpr)
         e = round(t * n)
         tail = lambda k: sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n  # noqa: E731
         assert tail(e) <= fpr < tail(e + 1)
-    assert suite.ber_threshold(256, 1e-6) == 89 / 256 and suite.ber_threshold(64, 1e-6) == 13 / 64
-    assert suite.ber_threshold(256, 1e-9) < suite.ber_threshold(256, 1e-6)
-    assert suite.ber_threshold(4, 1e-3) < 0  # 4 bits cannot reach one in a thousand
+    assert metrics.ber_threshold(256, 1e-6) == 89 / 256 and metrics.ber_threshold(64, 1e-6) == 13 / 64
+    assert metrics.ber_threshold(256, 1e-9) < metrics.ber_threshold(256, 1e-6)
+    assert metrics.ber_threshold(4, 1e-3) < 0  # 4 bits cannot reach one in a thousand
 
 
 class _ConstantR(nn.Module):

@@ -426,7 +426,8 @@ def test_cityscapes_layout_maps_label_ids(tmp_path):
 
 
 def test_deeplab_watermarked_on_generated_voc(tmp_path):
-    from wm.watermas import segmentation_scores, train_segmentation
+    from wm.metrics import segmentation_scores
+    from wm.watermas import train_segmentation
     _fake_voc(tmp_path / "VOC")
     seg = data.load_segmentation(tmp_path / "VOC", size=32)
     cfg = Config.from_profile("smoke", n_bits=64, seg_epochs=2)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -55,6 +54,7 @@ from wm import null_embedding as ne
 from wm import watermas as wmas
 from wm.config import (FASHION_TEST, FASHION_TRAIN, MAX_BATCH, MAX_EPOCHS, MAX_PAIRS, MAX_SEED, MAX_SEEDS, MAX_WIDTH,
                        StudyConfig, param, require)
+from wm.metrics import ber_threshold
 from wm.train import TrainConfig, evaluate, fit, seed_everything
 
 METHODS = ("null_embedding", "watermas", "deep")
@@ -87,19 +87,6 @@ CONTROL_MODEL = {"null_embedding": "smallcnn:control_null_embedding", "watermas"
 
 # Offsets that give each seeded purpose of one seed its own stream.
 _DISTILL, _SURROGATE, _PIRATE, _OVERWRITE = 11, 100, 1000, 7
-
-
-def ber_threshold(n_bits: int, fpr: float) -> float:
-    """The largest BER t (a multiple of 1/N_BITS) such that a model unrelated to the key, whose
-    bits read as independent fair coins, reaches BER ≤ t with probability ≤ FPR:
-    P(Binomial(n, 1/2) ≤ n·t) ≤ fpr. Negative when no t qualifies (too few bits for that FPR)."""
-    total, errors = 0, -1
-    for e in range(n_bits + 1):
-        total += math.comb(n_bits, e)
-        if total / 2 ** n_bits > fpr:  # exact integers until this one division
-            break
-        errors = e
-    return errors / n_bits
 
 
 def fmt(strength: Any) -> str:

@@ -11,16 +11,21 @@ classic source of silent disagreements (window shape, covariance
 normalisation, border handling). Per-image values are returned rather than a
 batch mean because the studies report distributions and confidence intervals,
 and a mean can always be taken later but never undone.
+
+Also here: confidence intervals, `ber_threshold` (the exact binomial bound a bit-reading detector
+is judged by) and the segmentation scores (pixel accuracy, mean IoU).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import torch
 from scipy import stats
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from torch import nn
 
 # skimage's default SSIM window (uniform filter, no Gaussian weights).
 _SSIM_WIN_SIZE = 7
@@ -233,3 +238,38 @@ def mean_ci(values: Any, confidence: float = 0.95) -> tuple[float, float]:
     sem = v.std(ddof=1) / np.sqrt(v.size)
     t = stats.t.ppf((1.0 + confidence) / 2.0, df=v.size - 1)
     return mean, float(t * sem)
+
+
+def ber_threshold(n_bits: int, fpr: float) -> float:
+    """The largest BER t (a multiple of 1/N_BITS) such that a model unrelated to the key, whose
+    bits read as independent fair coins, reaches BER ≤ t with probability ≤ FPR:
+    P(Binomial(n, 1/2) ≤ n·t) ≤ fpr. Negative when no t qualifies (too few bits for that FPR)."""
+    total, errors = 0, -1
+    for e in range(n_bits + 1):
+        total += math.comb(n_bits, e)
+        if total / 2 ** n_bits > fpr:  # exact integers until this one division
+            break
+        errors = e
+    return errors / n_bits
+
+
+@torch.no_grad()
+def segmentation_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+                        batch_size: int = 16) -> tuple[float, float]:
+    """(pixel accuracy, mean IoU over the classes present in Y or predicted) on labelled pixels."""
+    model.eval()
+    inter = torch.zeros(num_classes, dtype=torch.float64)
+    union = torch.zeros(num_classes, dtype=torch.float64)
+    correct = total = 0
+    for i in range(0, len(x), batch_size):
+        pred = model(x[i:i + batch_size]).argmax(1).cpu()
+        t = y[i:i + batch_size].cpu()
+        keep = t >= 0
+        p, t = pred[keep], t[keep]
+        correct += int((p == t).sum())
+        total += int(keep.sum())
+        for c in range(num_classes):
+            inter[c] += float(((p == c) & (t == c)).sum())
+            union[c] += float(((p == c) | (t == c)).sum())
+    seen = union > 0
+    return correct / max(1, total), float((inter[seen] / union[seen]).mean()) if seen.any() else float("nan")

@@ -2,8 +2,8 @@
 
 Two families:
 
-* Classifiers (``SmallCNN``, ``resnet18``, ``vgg16``, ``mobilenet_v3_small``)
-  for small images: 1x28x28 (MNIST / Fashion-MNIST) or 3x32x32 (CIFAR).
+* Classifiers (``SmallCNN``, ``resnet18``, ``vgg16``, ``mobilenet_v3_small``,
+  ``swin_t``) for small images: 1x28x28 (MNIST / Fashion-MNIST) or 3x32x32 (CIFAR).
   They all expose the same two hooks the studies rely on:
 
   - ``model.features(x)``: the penultimate embedding (input of the last
@@ -20,6 +20,9 @@ Two families:
 * Image-to-image networks (``UNet``, ``ResNetI2I``) for watermark embedding,
   removal and restoration tasks (e.g. deraining), optionally residual
   (output = input + learned correction).
+
+* Segmentation (``SegmentationNet``: DeepLabV3, MobileNetV3 backbone), returning its logit map
+  so that the training loop treats it like a classifier.
 
 All models are created with random weights: pretrained downloads are
 impossible in the study's offline environment, and ImageNet weights would not
@@ -478,12 +481,40 @@ class ResNetI2I(nn.Module):
 # ----------------------------------------------------------------------------- registry
 
 
+def swin_t(in_channels: int = 1, num_classes: int = 10) -> HeadedClassifier:
+    """torchvision's Swin-T (embed 96, depths 2-2-6-2, heads 3-6-12-24, window 7, stochastic
+    depth 0.2) adapted to 28×28: patches of 2×2 instead of 4×4, so the four stages run at
+    14/7/4/2 tokens a side instead of 7/4/2/1 (torchvision pads the small maps to the window),
+    and IN_CHANNELS inputs. Same features/head interface as the classifiers above."""
+    net = torchvision.models.swin_transformer.SwinTransformer(
+        patch_size=[2, 2], embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=[7, 7],
+        stochastic_depth_prob=0.2, num_classes=num_classes)
+    net.features[0][0] = nn.Conv2d(in_channels, 96, kernel_size=2, stride=2)
+    backbone = nn.Sequential(net.features, net.norm, net.permute, net.avgpool, net.flatten)
+    return HeadedClassifier(backbone, net.head)
+
+
+class SegmentationNet(nn.Module):
+    """torchvision's DeepLabV3 with a MobileNetV3-Large backbone, randomly initialised (no
+    pretrained weights can be downloaded here), returning the logit map itself so that wm.train
+    and the hooks treat it like any classifier: cross-entropy over pixels, IGNORE_INDEX skipped."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.net = torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(
+            weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)["out"]
+
+
 _REGISTRY: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
     {
         "smallcnn": SmallCNN,
         "resnet18": resnet18,
         "vgg16": vgg16,
         "mobilenet_v3_small": mobilenet_v3_small,
+        "swin_t": swin_t,
         "unet": UNet,
         "resnet_i2i": ResNetI2I,
     }
@@ -494,7 +525,7 @@ _REGISTRY: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
 def build(name: str, **kwargs: Any) -> nn.Module:
     """Build a model by name, passing ``kwargs`` to its constructor.
 
-    Names: smallcnn, resnet18, vgg16, mobilenet_v3_small, unet, resnet_i2i.
+    Names: smallcnn, resnet18, vgg16, mobilenet_v3_small, swin_t, unet, resnet_i2i.
     Config files and results tables refer to models by these names.
     """
     try:

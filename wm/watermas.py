@@ -43,7 +43,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from wm import metrics
@@ -834,25 +833,12 @@ class Config(StudyConfig):
                            seed=seed, progress=False)  # bars would be stored as notebook outputs
 
 
-def swin_t(in_channels: int = 1, num_classes: int = 10) -> wm_models.HeadedClassifier:
-    """torchvision's Swin-T (embed 96, depths 2-2-6-2, heads 3-6-12-24, window 7, stochastic
-    depth 0.2) adapted to 28×28: patches of 2×2 instead of 4×4, so the four stages run at
-    14/7/4/2 tokens a side instead of 7/4/2/1 (torchvision pads the small maps to the window),
-    and IN_CHANNELS inputs. Same features/head interface as wm.models' classifiers."""
-    net = torchvision.models.swin_transformer.SwinTransformer(
-        patch_size=[2, 2], embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=[7, 7],
-        stochastic_depth_prob=0.2, num_classes=num_classes)
-    net.features[0][0] = nn.Conv2d(in_channels, 96, kernel_size=2, stride=2)
-    backbone = nn.Sequential(net.features, net.norm, net.permute, net.avgpool, net.flatten)
-    return wm_models.HeadedClassifier(backbone, net.head)
-
-
 def build_model(name: str, cfg: Config | None = None) -> nn.Module:
     """A freshly initialised 1×28×28 → 10-class classifier by name (`MODELS`)."""
     if name == "smallcnn":
         return wm_models.SmallCNN(in_channels=1, num_classes=10, width=cfg.width if cfg else 16)
     if name == "swin_t":
-        return swin_t(1, 10)
+        return wm_models.swin_t(1, 10)
     if name == "resnet18":
         return wm_models.resnet18(1, 10, stem=cfg.resnet18_stem if cfg else "cifar")
     if name in MODELS:
@@ -911,27 +897,13 @@ def train(cfg: Config, method: str, x: torch.Tensor, y: torch.Tensor, seed: int,
 # ---------------------------------------------------------------------------------------------
 
 
-class SegmentationNet(nn.Module):
-    """torchvision's DeepLabV3 with a MobileNetV3-Large backbone, randomly initialised (no
-    pretrained weights can be downloaded here), returning the logit map itself so that wm.train
-    and the hooks treat it like any classifier: cross-entropy over pixels, IGNORE_INDEX skipped."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.net = torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(
-            weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)["out"]
-
-
 def train_segmentation(cfg: Config, method: str, seg, seed: int) -> tuple[nn.Module, Key, History]:
     """DeepLabV3 trained from scratch on SEG (a wm.data.Segmentation) with METHOD (none or a keyed
     method); returns (model, key, History)."""
     if method not in ("none",) + tuple(m for m in METHODS if m not in ("none", "uchida")):
         raise ValueError(f"segmentation supports none, freeze_only, watermas and tart; got {method!r}")
     seed_everything(seed)
-    model = SegmentationNet(seg.num_classes).to(seg.x_train.device)
+    model = wm_models.SegmentationNet(seg.num_classes).to(seg.x_train.device)
     key = draw_key(model, cfg.n_bits, seed, cfg.kappa)
     if method != "none":
         embed_values(model, key)
@@ -939,25 +911,3 @@ def train_segmentation(cfg: Config, method: str, seg, seed: int) -> tuple[nn.Mod
                      weight_decay=cfg.weight_decay, seed=seed, progress=False)
     history = fit(model, seg.x_train, seg.y_train, tc, hooks=make_hooks(method, key, cfg, seed))
     return model, key, history
-
-
-@torch.no_grad()
-def segmentation_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
-                        batch_size: int = 16) -> tuple[float, float]:
-    """(pixel accuracy, mean IoU over the classes present in Y or predicted) on labelled pixels."""
-    model.eval()
-    inter = torch.zeros(num_classes, dtype=torch.float64)
-    union = torch.zeros(num_classes, dtype=torch.float64)
-    correct = total = 0
-    for i in range(0, len(x), batch_size):
-        pred = model(x[i:i + batch_size]).argmax(1).cpu()
-        t = y[i:i + batch_size].cpu()
-        keep = t >= 0
-        p, t = pred[keep], t[keep]
-        correct += int((p == t).sum())
-        total += int(keep.sum())
-        for c in range(num_classes):
-            inter[c] += float(((p == c) & (t == c)).sum())
-            union[c] += float(((p == c) | (t == c)).sum())
-    seen = union > 0
-    return correct / max(1, total), float((inter[seen] / union[seen]).mean()) if seen.any() else float("nan")
