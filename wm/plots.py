@@ -7,10 +7,9 @@ and readers can use the files without re-running anything.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from wm.results import output_dir
+from wm.results import atomic_write, output_dir
 
 
 def set_theme() -> None:
@@ -24,9 +23,4 @@ def figures_dir() -> Path:
 
 def save(fig, name: str) -> Path:
     """Save FIG as <figures_dir>/<name>.png (atomically) and return the path."""
-    path = figures_dir() / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{name}.{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(figures_dir() / f"{name}.png", lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))

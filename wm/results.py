@@ -21,7 +21,7 @@ import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from wm import PROFILES, ROOT, STUDIES, __version__
 
@@ -69,18 +69,26 @@ def results_dir() -> Path:
     return output_dir() / "results"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write TEXT to PATH so that readers see the old file or the new one, never a mix."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Let WRITE fill a temporary file beside PATH, then rename it over PATH: readers see the old
+    file or the new one, never a mix, and a failed WRITE leaves nothing behind. The one atomic
+    write of the project (tables, sidecars, figures, executed notebooks)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # the suffix tells savefig the format
     try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
+        write(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write TEXT to PATH atomically (see atomic_write)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _git(*args: str) -> str:

@@ -255,7 +255,7 @@ def run(study: str, profile: str = "auto", params: dict[str, str] | None = None,
     import nbformat
     import papermill
 
-    from wm.results import gpu_without_cuda, provenance
+    from wm.results import atomic_write, gpu_without_cuda, provenance
 
     out = Path(out) if out is not None else scratch_folder(f"{study}-{profile}")
     prov = dict(provenance(values), profile=profile, study=study)
@@ -293,9 +293,7 @@ def run(study: str, profile: str = "auto", params: dict[str, str] | None = None,
             if "injected-parameters" in tags and "hide-input" not in tags:
                 tags.append("hide-input")
         nb.cells.insert(0, nbformat.v4.new_markdown_cell(_banner(prov, study)))
-        staged = out / f".{study}.ipynb.tmp"
-        nbformat.write(nb, staged)
-        os.replace(staged, out / f"{study}.ipynb")
+        atomic_write(out / f"{study}.ipynb", lambda tmp: nbformat.write(nb, tmp))
     if publish:
         return publish_run(study, out, commit)
     return out / f"{study}.ipynb"
