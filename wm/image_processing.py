@@ -48,8 +48,7 @@ from torch import nn
 from wm import ROOT, data, metrics
 from wm import models as wm_models
 from wm.config import MAX_BATCH, MAX_EPOCHS, MAX_PAIRS, MAX_SEED, MAX_WIDTH, StudyConfig, param, require
-from wm.progress import Progress
-from wm.train import History, seed_everything
+from wm.train import History, index_batches, n_steps, seed_everything
 
 WATERMARKS = ("logo", "qr")
 LOGO_PATH = ROOT / "data" / "watermarks" / "logo.png"
@@ -453,24 +452,6 @@ class _LossLog:
                        seconds=time.perf_counter() - self.start)
 
 
-def _batches(n: int, batch: int, epochs: float, seed: int, device, desc: str = "image training"):
-    """Index batches of seeded permutations, full batches only (the consistency term pairs
-    halves), EPOCHS passes (a fraction: that share of one pass's steps). Yields (epoch, idx)."""
-    per_epoch = max(1, n // batch)
-    total = max(1, round(epochs * per_epoch))
-    g = torch.Generator().manual_seed(seed)
-    live = Progress(desc, total, epochs)
-    step = 0
-    while step < total:
-        perm = torch.randperm(n, generator=g).to(device)
-        for i in range(per_epoch):
-            if step == total:
-                return
-            yield step // per_epoch, perm[i * batch:(i + 1) * batch]
-            step += 1
-            live.update(step, (step - 1) // per_epoch)
-
-
 def _adam(params, lr: float) -> torch.optim.Adam:
     """Adam with β1 = 0.5 (the official code's). foreach=True: torch's multi-tensor kernels, its
     default on CUDA but not on the CPU, compute the same update bit for bit and made a stage-1
@@ -527,7 +508,7 @@ def _channels_last(net: nn.Module) -> torch.memory_format:
 def _decay(opt: torch.optim.Optimizer, n: int, batch: int, epochs: float):
     """pix2pix's schedule (the official attack code's niter + niter_decay): the learning rate is
     constant for the first half of the steps, then decays linearly to zero."""
-    total = max(1, round(epochs * max(1, n // batch)))
+    total = n_steps(n, batch, epochs, drop_last=True)  # the steps index_batches takes
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, 2 * (1 - step / total)))
 
 
@@ -581,7 +562,8 @@ def train_i2i(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, epoch
         opt_d = _adam(disc.parameters(), lr)
     sched = _decay(opt, len(x), batch, epochs)
     log = _LossLog()
-    for epoch, idx in _batches(len(x), batch, epochs, seed, device, f"training {type(net).__name__}"):
+    for epoch, idx in index_batches(len(x), batch, epochs, seed, device, drop_last=True,
+                                    desc=f"training {type(net).__name__}"):
         xb, yb = x[idx].contiguous(memory_format=fmt), y[idx]
         out = net(xb)
         if loss.startswith("l1"):
@@ -681,7 +663,8 @@ def train_stage1(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tens
     sched = _decay(opt, len(a), cfg.batch_size, cfg.stage1_epochs)
     log = _LossLog()
     half = cfg.batch_size // 2
-    for epoch, idx in _batches(len(a), cfg.batch_size, cfg.stage1_epochs, seed, device, "stage 1 (H, R, D)"):
+    for epoch, idx in index_batches(len(a), cfg.batch_size, cfg.stage1_epochs, seed, device, drop_last=True,
+                                    desc="stage 1 (H, R, D)"):
         ab, bb = a[idx], b[idx]
         # H's adversarial term needs D's gradient with respect to its input, not its weights (whose
         # gradients D's own step would zero): not computing them is exact and 1.06x a step faster
@@ -725,7 +708,8 @@ def train_stage2(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tens
     sched = _decay(opt, len(a), cfg.batch_size, cfg.stage2_epochs)
     log = _LossLog()
     half = cfg.batch_size // 2
-    for epoch, idx in _batches(len(a), cfg.batch_size, cfg.stage2_epochs, seed, a.device, "stage 2 (R)"):
+    for epoch, idx in index_batches(len(a), cfg.batch_size, cfg.stage2_epochs, seed, a.device, drop_last=True,
+                                    desc="stage 2 (R)"):
         r_all = r(torch.cat([b_wm[idx], b_sm[idx], a[idx], b[idx]]).contiguous(memory_format=fmt))
         r_wm, r_sm, r_a, r_b = r_all.split(len(idx))
         d_wm, d_0 = wmk.delta.expand_as(r_wm), wmk.blank.expand_as(r_wm)

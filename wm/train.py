@@ -169,6 +169,33 @@ def make_schedule(opt: torch.optim.Optimizer, total_steps: int, cfg: TrainConfig
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def n_steps(n: int, batch_size: int, epochs: float, drop_last: bool = False) -> int:
+    """Steps of EPOCHS passes over N samples (a fraction: that share of one pass's steps)."""
+    per_epoch = max(1, n // batch_size if drop_last else math.ceil(n / batch_size))
+    return max(1, round(epochs * per_epoch))
+
+
+def index_batches(n: int, batch_size: int, epochs: float, seed: int, device: torch.device | str,
+                  drop_last: bool = False, desc: str = "training"):
+    """The one batching loop: yields (epoch, indices) for EPOCHS passes over N samples, each pass a
+    fresh permutation from a generator seeded with SEED (on the CPU: the same order on every
+    device). DROP_LAST keeps full batches only (the image study's consistency term pairs the two
+    halves of a batch). Reports live progress (wm.progress) as it goes."""
+    per_epoch = max(1, n // batch_size if drop_last else math.ceil(n / batch_size))
+    total = n_steps(n, batch_size, epochs, drop_last)
+    order = torch.Generator().manual_seed(seed)
+    live = Progress(desc, total, epochs)
+    step = 0
+    while step < total:
+        perm = torch.randperm(n, generator=order).to(device, non_blocking=True)
+        for i in range(per_epoch):
+            if step == total:
+                return
+            yield step // per_epoch, perm[i * batch_size:(i + 1) * batch_size]
+            step += 1
+            live.update(step, (step - 1) // per_epoch)
+
+
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig | None = None,
         hooks: tuple[Hook, ...] | list[Hook] = (), params=None) -> History:
     """Train MODEL in place on (X, Y) with CFG; X and Y are moved once to the model's device.
@@ -186,53 +213,43 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig | N
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
 
-    n = len(x)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = max(1, round(cfg.epochs * steps_per_epoch))
+    total = n_steps(len(x), cfg.batch_size, cfg.epochs)
     opt = make_optimizer(params if params is not None else model.parameters(), cfg)
     sched = make_schedule(opt, total, cfg)
     torch.manual_seed(cfg.seed)  # dropout and anything random inside the model
-    order = torch.Generator().manual_seed(cfg.seed)  # the batch order, on the CPU: same on every device
 
     history = History()
     model.train()
     start = time.perf_counter()
     bar = tqdm(total=total, disable=not cfg.progress, leave=False, desc="train")
-    live = Progress(f"training {type(model).__name__}", total, cfg.epochs)
-    step = 0
-    while step < total:
-        perm = torch.randperm(n, generator=order).to(device, non_blocking=True)
-        running = torch.zeros((), device=device)
-        batches = 0
-        for i in range(steps_per_epoch):
-            if step == total:
-                break
-            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            xb, yb = x[idx], y[idx]
-            with autocast(device, cfg.amp):
-                out = model(xb)
-                loss = task_loss(out, yb, cfg)
-                for h in hooks:
-                    extra = h.extra_loss(model, xb, yb, out)
-                    if extra is not None:
-                        loss = loss + extra
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+    sums = []  # per epoch: the summed loss, kept on the device (no sync per step), and the steps
+    for epoch, idx in index_batches(len(x), cfg.batch_size, cfg.epochs, cfg.seed, device,
+                                    desc=f"training {type(model).__name__}"):
+        xb, yb = x[idx], y[idx]
+        with autocast(device, cfg.amp):
+            out = model(xb)
+            loss = task_loss(out, yb, cfg)
             for h in hooks:
-                h.after_backward(model)
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            for h in hooks:
-                h.after_step(model)
-            running += loss.detach().float()  # stays on the device: no sync per step
-            batches += 1
-            history.samples += len(idx)
-            step += 1
-            bar.update()
-            live.update(step, (step - 1) // steps_per_epoch)
-        history.loss.append((running / max(1, batches)).item())  # one sync per epoch
+                extra = h.extra_loss(model, xb, yb, out)
+                if extra is not None:
+                    loss = loss + extra
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for h in hooks:
+            h.after_backward(model)
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        for h in hooks:
+            h.after_step(model)
+        if epoch == len(sums):
+            sums.append([torch.zeros((), device=device), 0])
+        sums[epoch][0] += loss.detach().float()
+        sums[epoch][1] += 1
+        history.samples += len(idx)
+        bar.update()
+    history.loss = [(total_ / steps).item() for total_, steps in sums]  # one sync per epoch, at the end
     bar.close()
     if cuda:
         torch.cuda.synchronize()
