@@ -54,8 +54,8 @@ from wm import data  # noqa: E402
 from wm import image_processing as ip  # noqa: E402
 from wm import null_embedding as nem  # noqa: E402
 from wm import watermas as wmas  # noqa: E402
-from wm.results import cpu_name, device_name  # noqa: E402
-from wm.train import Hook, fit, make_optimizer, make_schedule, predict, seed_everything  # noqa: E402
+from wm.results import cpu_name  # noqa: E402
+from wm.train import Hook, bf16_native, fit, make_optimizer, make_schedule, predict, seed_everything  # noqa: E402
 
 BOOK_PAGE = ROOT / "book" / "performance.md"
 BEFORE_AFTER = ROOT / "benchmarks" / "before_after.md"  # written by benchmarks/before_after.py --write
@@ -353,7 +353,7 @@ class ImageProcessing(Workload):
 
     def describe(self):
         c = self.cfg
-        precision = "bf16 autocast" if c.amp and ip.bf16_native(self.device) else "fp32"
+        precision = "bf16 autocast" if c.amp and bf16_native(self.device) else "fp32"
         return (f"H (U-Net width {c.h_width}), R (dilated ResNet width {c.r_width}, {c.r_blocks} blocks), D (width "
                 f"{c.d_width}) on {len(self.a)} {c.size}×{c.size} patches, batch {c.batch_size}, Adam; wm path in "
                 f"{precision} (amp={c.amp})")

@@ -8,6 +8,7 @@ import torch
 
 from wm import data, metrics
 from wm import image_processing as ip
+from wm import train
 
 
 def test_shipped_logo_is_the_drawn_one():
@@ -109,23 +110,23 @@ def test_instance_norm_is_torchs_affine_instance_norm():
 
 def test_speed_picks_precision_and_memory_format(monkeypatch):
     h, r = ip.Embedder(8), ip.DilatedResNet(3, 1, 8, 2)
-    fp32 = ip._Speed(torch.device("cpu"), amp=False)
+    fp32 = train.Precision(torch.device("cpu"), amp=False)
     assert not fp32.bf16
     assert fp32.layout(h) == fp32.layout(r) == torch.channels_last  # oneDNN's convolutions prefer it
-    monkeypatch.setattr(ip, "bf16_native", lambda device: True)
-    bf16 = ip._Speed(torch.device("cpu"), amp=True)
-    assert bf16.bf16 and not ip._Speed(torch.device("cpu"), amp=False).bf16
+    monkeypatch.setattr(train, "bf16_native", lambda device: True)
+    bf16 = train.Precision(torch.device("cpu"), amp=True)
+    assert bf16.bf16 and not train.Precision(torch.device("cpu"), amp=False).bf16
     assert bf16.layout(h) == torch.channels_last  # BatchNorm U-Net
     assert bf16.layout(r) == torch.contiguous_format  # instance norm: NCHW under bf16
     assert r.stem[0][0].weight.is_contiguous()
     with bf16.autocast():
         assert r(torch.rand(2, 3, 16, 16)).dtype == torch.bfloat16
-    monkeypatch.setattr(ip, "bf16_native", lambda device: False)
-    assert not ip._Speed(torch.device("cpu"), amp=True).bf16  # no native bf16: fp32 whatever amp says
+    monkeypatch.setattr(train, "bf16_native", lambda device: False)
+    assert not train.Precision(torch.device("cpu"), amp=True).bf16  # no native bf16: fp32 whatever amp says
 
 
 def test_train_i2i_stays_fp32_whatever_the_device(monkeypatch):
-    monkeypatch.setattr(ip, "bf16_native", lambda device: True)
+    monkeypatch.setattr(train, "bf16_native", lambda device: True)
     seen = []
     net = ip.build_surrogate("unet", 8)
     net.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
@@ -136,7 +137,7 @@ def test_train_i2i_stays_fp32_whatever_the_device(monkeypatch):
 
 @pytest.mark.parametrize("amp", [True, False])
 def test_stage1_trains_in_the_precision_amp_asks_for(monkeypatch, amp):
-    monkeypatch.setattr(ip, "bf16_native", lambda device: True)
+    monkeypatch.setattr(train, "bf16_native", lambda device: True)
     seen = []
     cfg = ip.Config.from_profile("smoke", n_owner=32, stage1_epochs=1, batch_size=16, amp=amp)
     wmk = ip.new_watermark(cfg, "cpu")

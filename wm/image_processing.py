@@ -32,7 +32,6 @@ what is this module's own choice:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
@@ -48,7 +47,7 @@ from torch import nn
 from wm import ROOT, data, metrics
 from wm import models as wm_models
 from wm.config import MAX_BATCH, MAX_EPOCHS, MAX_PAIRS, MAX_SEED, MAX_WIDTH, StudyConfig, param, require
-from wm.train import History, index_batches, n_steps, seed_everything
+from wm.train import History, Precision, channels_last, index_batches, n_steps, seed_everything
 
 WATERMARKS = ("logo", "qr")
 LOGO_PATH = ROOT / "data" / "watermarks" / "logo.png"
@@ -404,7 +403,7 @@ class Config(StudyConfig):
     """Std of the Gaussian noise the TV experiment removes."""
     amp: bool = True
     """Train H, R and D (stage 1) under bf16 autocast where the device computes bf16 natively (CUDA;
-    CPUs with AMX): see `bf16_native` and `_Speed`. Elsewhere, or when False, fp32. Stage 2, M and
+    CPUs with AMX): see `wm.train.bf16_native` and `wm.train.Precision`. Elsewhere, or when False, fp32. Stage 2, M and
     the surrogates always train in fp32, and evaluation is fp32."""
 
     PROFILE_DEFAULTS = {
@@ -459,52 +458,6 @@ def _adam(params, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, betas=(0.5, 0.999), foreach=True)
 
 
-def bf16_native(device: torch.device | str) -> bool:
-    """Whether DEVICE computes bf16 convolutions natively: CUDA, or a CPU with AMX tiles (oneDNN's
-    bf16 kernels). On other CPUs bf16 is emulated and slower than fp32, so the loops stay fp32."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-
-
-class _Speed:
-    """How a training loop runs its networks (not what it computes): bf16 autocast if AMP and the
-    device computes bf16 natively, and each network's memory format. channels_last speeds oneDNN's
-    convolutions up (fp32: a stage-1 step 1.08x, a U-Net surrogate's 1.35x on 2 cores), but its
-    bf16 GroupNorm is 9x slower in channels_last than in NCHW, more than the convolutions gain, so
-    under bf16 a network with instance normalisation (R, D) stays NCHW. The losses are computed in
-    fp32 on the networks' outputs; `apply` (evaluation) is fp32 whatever this says.
-
-    Only stage 1 uses bf16 (cfg.amp): 1.4x a step on 2 AMX cores. Measured on the cpu profile
-    (seed 0) with every image loop in bf16, the thief's plain-L1/L2 surrogates no longer learnt
-    the hidden logo (stage-1 R's success rate on them 0.99 → 0.00), and the stage-2 R fitted to
-    them then fired on clean outputs (0.77): the bf16 surrogates change the result, so M, the
-    surrogates and stage 2 train in fp32."""
-
-    def __init__(self, device: torch.device, amp: bool) -> None:
-        self.device = device
-        self.bf16 = bool(amp) and bf16_native(device)
-
-    def autocast(self):
-        if self.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def layout(self, net: nn.Module) -> torch.memory_format:
-        """Put NET in its memory format and return it (inputs go `.contiguous(memory_format=...)`)."""
-        if self.bf16 and any(isinstance(m, nn.GroupNorm) for m in net.modules()):
-            net.to(memory_format=torch.contiguous_format)
-            return torch.contiguous_format
-        return _channels_last(net)
-
-
-def _channels_last(net: nn.Module) -> torch.memory_format:
-    """NET in channels_last (the fp32 loops' format: see `_Speed`); returns the format."""
-    net.to(memory_format=torch.channels_last)
-    return torch.channels_last
-
-
 def _decay(opt: torch.optim.Optimizer, n: int, batch: int, epochs: float):
     """pix2pix's schedule (the official attack code's niter + niter_decay): the learning rate is
     constant for the first half of the steps, then decays linearly to zero."""
@@ -545,7 +498,7 @@ def train_i2i(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, epoch
     """Train NET in place to map X → Y (aligned images) with LOSS: l1, l2, l1_adv, l2_adv or
     perc_adv (perceptual content loss; needs PERCEPTUAL). `_adv` adds ADV_WEIGHT × an LSGAN
     generator term against a PatchGAN trained alongside. Adam (β1 0.5), no augmentation, fp32
-    (channels_last: `_Speed`)."""
+    (channels_last: `wm.train.Precision`)."""
     if loss not in SM_LOSSES:
         raise ValueError(f"unknown loss {loss!r}: choose from {', '.join(SM_LOSSES)}")
     if loss == "perc_adv" and perceptual is None:
@@ -553,12 +506,12 @@ def train_i2i(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, epoch
     device = x.device
     seed_everything(seed)
     net.to(device).train()
-    fmt = _channels_last(net)  # and fp32: see _Speed for what bf16 did to the surrogates
+    fmt = channels_last(net)  # and fp32: see wm.train.Precision for what bf16 did to the surrogates
     opt = _adam(net.parameters(), lr)
     disc = opt_d = None
     if loss.endswith("_adv"):
         disc = PatchDiscriminator(3, d_width).to(device)
-        _channels_last(disc)
+        channels_last(disc)
         opt_d = _adam(disc.parameters(), lr)
     sched = _decay(opt, len(x), batch, epochs)
     log = _LossLog()
@@ -651,11 +604,11 @@ def train_stage1(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tens
     """Stage 1: H, R and D jointly, with the official code's loss (see the module docstring):
     H: w_basic·MSE(B′, B) + w_adv·LSGAN(D(B′) → real); R: w_wm·MSE(R(B′), δ) + w_clean·(MSE(R(A), δ0)
     + MSE(R(B), δ0)) + w_cst·MSE(R(B′) first half, second half); one backward for H and R, then D.
-    Precision and memory formats: `_Speed` (cfg.amp)."""
+    Precision and memory formats: `wm.train.Precision` (cfg.amp)."""
     device = a.device
     h, r = wmk.h.train(), wmk.r.train()
     disc = PatchDiscriminator(3, cfg.d_width).to(device)
-    speed = _Speed(device, cfg.amp)
+    speed = Precision(device, cfg.amp)
     fmt_h, fmt_r, fmt_d = speed.layout(h), speed.layout(r), speed.layout(disc)
     a, b = a.contiguous(memory_format=fmt_h), b.contiguous(memory_format=fmt_h)
     opt = _adam([*h.parameters(), *r.parameters()], cfg.lr)
@@ -703,7 +656,7 @@ def train_stage2(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tens
     """Stage 2 (adversarial): fine-tune R only, so that B′ and the defender's surrogate outputs
     B″ → δ while A and B → δ0, with the consistency term on B″; H stays as it is."""
     r = wmk.r.train()
-    fmt = _channels_last(r)  # and fp32, like the surrogates whose outputs R learns from here
+    fmt = channels_last(r)  # and fp32, like the surrogates whose outputs R learns from here
     opt = _adam(r.parameters(), cfg.stage2_lr)
     sched = _decay(opt, len(a), cfg.batch_size, cfg.stage2_epochs)
     log = _LossLog()
