@@ -313,20 +313,6 @@ def load_data(cfg: Config, device) -> SuiteData:
 # ---------------------------------------------------------------------------------------------
 
 
-class Service(nn.Module):
-    """M∘H with δ fixed: A → H(M(A), δ), what a white-box thief of the service holds. The service
-    delivers `deliver(Service(A))` (the image study rounds B to 8 bits before H as well; that
-    rounding is not differentiable, so the composite leaves it out)."""
-
-    def __init__(self, m: nn.Module, h: ip.Embedder, delta: torch.Tensor):
-        super().__init__()
-        self.m, self.h = m, h
-        self.register_buffer("delta", delta.detach().clone())
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return self.h(self.m(a).clamp(0, 1), self.delta)
-
-
 def score_images(outputs: torch.Tensor, clean: torch.Tensor, wmk: ip.DeepWatermark, tau: float,
                  threshold: float) -> dict[str, float]:
     """Utility (PSNR of the delivered OUTPUTS against the clean ground truth) and R's verdict."""
@@ -548,7 +534,7 @@ def run_seed(cfg: Config, d: SuiteData, seed: int, add: Callable[..., None]) -> 
             bw_own = wmk.embed(b_own)
             defender, _ = ip.train_surrogate(icfg, icfg.defender_sm, "l2", d.own.a, bw_own, seed=seed + 99)
             ip.train_stage2(icfg, wmk, d.own.a, b_own, bw_own, ip.deliver(ip.apply(defender, d.own.a)), seed=seed)
-        service = Service(m_net, wmk.h, wmk.delta).eval()
+        service = ip.Service(m_net, wmk.h, wmk.delta).eval()
         train_seconds = timed("train deep", t)
 
         def judge(x):

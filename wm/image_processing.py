@@ -594,6 +594,20 @@ class DeepWatermark:
         return apply(self.r, x)
 
 
+class Service(nn.Module):
+    """M∘H with δ fixed: A → H(M(A), δ), what a white-box thief of the service holds. The service
+    delivers `deliver(Service(A))` (the image study rounds B to 8 bits before H as well; that
+    rounding is not differentiable, so the composite leaves it out)."""
+
+    def __init__(self, m: nn.Module, h: Embedder, delta: torch.Tensor):
+        super().__init__()
+        self.m, self.h = m, h
+        self.register_buffer("delta", delta.detach().clone())
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self.h(self.m(a).clamp(0, 1), self.delta)
+
+
 def new_watermark(cfg: Config, device) -> DeepWatermark:
     seed_everything(_subseed(cfg.seed, "nets"))
     delta = watermark_image(cfg.watermark, cfg.size, cfg.seed).to(device)

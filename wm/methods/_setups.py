@@ -1,0 +1,79 @@
+"""The data and budgets the methods of one kind share (not a method: nothing registers here).
+
+`classifier_setup` and `image_setup` draw the owner's, the attacker's and the test data once; the
+`*_config` functions turn a Setup's budget into the studies' own Configs, so that each method
+keeps its paper's recipe (optimizer, learning rate, λ, loss weights) and only data, sizes and
+epochs are shared.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wm import data
+from wm import image_processing as ip
+from wm import null_embedding as ne
+from wm import watermas as wmas
+from wm.methods import Setup
+
+
+def classifier_setup(profile: str, seed: int, device, n_train: int, n_attacker: int, n_test: int,
+                     width: int, epochs: float, batch_size: int, n_bits: int) -> Setup:
+    """Fashion-MNIST: the owner's N_TRAIN images, the attacker's disjoint N_ATTACKER, N_TEST held out."""
+    ds = data.load_classification("fashion_mnist", n_train=n_train + n_attacker, n_test=n_test, seed=seed,
+                                  device=device)
+    return Setup(seed, torch.device(device),
+                 budget=dict(profile=profile, width=width, epochs=epochs, batch_size=batch_size, n_bits=n_bits),
+                 data=dict(x_train=ds.x_train[:n_train], y_train=ds.y_train[:n_train], x_att=ds.x_train[n_train:],
+                           y_att=ds.y_train[n_train:], x_test=ds.x_test, y_test=ds.y_test))
+
+
+def image_setup(profile: str, seed: int, device, size: int, n_owner: int, n_attacker: int, n_test: int,
+                m_epochs: float, stage1_epochs: float) -> Setup:
+    """Deraining pairs from disjoint photos: the owner's, the attacker's and the test photos'."""
+    budget = dict(profile=profile, size=size, n_owner=n_owner, n_attacker=n_attacker, n_test=n_test,
+                  m_epochs=m_epochs, stage1_epochs=stage1_epochs)
+    icfg = image_config(Setup(seed, torch.device(device), budget))
+    owner_photos, attacker_photos = ip.split_photos(data.photos("train"))
+    pairs = dict(own=ip.make_pairs(owner_photos, n_owner, size, seed, icfg.rain, device),
+                 att=ip.make_pairs(attacker_photos, n_attacker, size, seed + 1, icfg.rain, device),
+                 test=ip.make_pairs(data.photos("test"), n_test, size, seed + 2, icfg.rain, device))
+    return Setup(seed, torch.device(device), budget, pairs)
+
+
+def ne_config(setup: Setup) -> ne.Config:
+    b, d = setup.budget, setup.data
+    return ne.Config.from_profile(b["profile"], seed=setup.seed, model="smallcnn", width=b["width"],
+                                  n_train=len(d["x_train"]), n_test=len(d["x_test"]), n_verify=len(d["x_test"]),
+                                  epochs=b["epochs"], batch_size=b["batch_size"])
+
+
+def wmas_config(setup: Setup) -> wmas.Config:
+    b, d = setup.budget, setup.data
+    n, n_test = len(d["x_train"]), len(d["x_test"])
+    return wmas.Config.from_profile(b["profile"], seed=setup.seed, models=("smallcnn",), width=b["width"],
+                                    n_train=n, n_test=n_test, epochs=b["epochs"], batch_size=b["batch_size"],
+                                    n_bits=b["n_bits"], large_n_train=n, large_n_test=n_test,
+                                    sharpness_samples=min(1000, n_test))
+
+
+def image_config(setup: Setup) -> ip.Config:
+    b = setup.budget
+    return ip.Config.from_profile(b["profile"], seed=setup.seed, size=b["size"], n_owner=b["n_owner"],
+                                  n_attacker=b["n_attacker"], n_test=b["n_test"], m_epochs=b["m_epochs"],
+                                  stage1_epochs=b["stage1_epochs"])
+
+
+def train_service(setup: Setup) -> tuple[torch.nn.Module, ip.Config]:
+    """The unmarked deraining model M every image-service method protects (and its twin)."""
+    icfg = image_config(setup)
+    m_net, _ = ip.train_target(icfg, setup.data["own"], seed=setup.seed)
+    return m_net, icfg
+
+
+def outputs(suspect, setup: Setup) -> torch.Tensor:
+    """What a service delivers for the test inputs: SUSPECT's 8-bit outputs, or SUSPECT itself
+    when it already is a batch of delivered images (an attack on the outputs)."""
+    if isinstance(suspect, torch.Tensor):
+        return suspect
+    return ip.deliver(ip.apply(suspect, setup.data["test"].a))
