@@ -1,4 +1,5 @@
-"""Removal attacks every study shares. Each returns a new model and leaves its input untouched.
+"""Removal attacks every study shares, and their registry. Each returns a new model and leaves its
+input untouched.
 
 What the weight-space attacks touch: the weights of convolutions and linear layers, the tensors
 that carry what a network has learnt (and where white-box watermarks live). Biases and
@@ -9,6 +10,8 @@ studies follow; `attacked_weights` lists exactly which tensors count.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -151,3 +154,95 @@ def distill(teacher: nn.Module, student: nn.Module, x: torch.Tensor, epochs: flo
     fit(pupil, x, targets, TrainConfig(epochs=epochs, lr=lr, seed=seed, loss=loss,
                                        temperature=temperature, **train_kw))
     return pupil
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: each attack with the method kinds it applies to, its default strengths, its axis
+# ---------------------------------------------------------------------------------------------
+
+CLASSIFIERS = ("classifier-white", "classifier-black")
+EVERY_KIND = (*CLASSIFIERS, "image-service")
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A registered attack: RUN(model, strength, setup, kind) returns a new model (or, for an
+    image service, a new model or its delivered outputs) and never changes MODEL. SETUP is a
+    wm.methods.Setup: the attacker's data (`x_att`, `y_att`; `att` pairs) and the shared budget."""
+
+    name: str
+    kinds: tuple[str, ...]
+    grid: tuple
+    """Default strengths, weakest first."""
+    axis: str
+    """What the strength is, for figures and tables."""
+    run: Callable[..., Any]
+
+
+REGISTRY: dict[str, Attack] = {}
+
+
+def register(name: str, kinds: tuple[str, ...], grid: tuple, axis: str):
+    """Decorator: add the function as attack NAME (one line per attack, next to its code)."""
+    def add(fn):
+        if name in REGISTRY:
+            raise ValueError(f"two attacks are named {name!r}")
+        REGISTRY[name] = Attack(name, tuple(kinds), tuple(grid), axis, fn)
+        return fn
+    return add
+
+
+def for_kind(kind: str) -> list[Attack]:
+    """The registered attacks that apply to methods of KIND, in registration order."""
+    return [a for a in REGISTRY.values() if kind in a.kinds]
+
+
+@register("finetune", EVERY_KIND, grid=(1, 2), axis="epochs of fine-tuning")
+def _finetune(model: nn.Module, epochs: float, setup, kind: str) -> nn.Module:
+    """Classifiers: SGD at a constant 0.01 on the attacker's labelled images. Image service: the
+    white-box thief fine-tunes the whole service with Adam (1e-4) and L1 on its clean pairs."""
+    b, d = setup.budget, setup.data
+    if kind == "image-service":
+        return finetune(model, d["att"].a, d["att"].clean, epochs=epochs, lr=1e-4, fraction=1.0, seed=setup.seed,
+                        loss="l1", optimizer="adam", weight_decay=0.0, batch_size=16, amp=False)
+    return finetune(model, d["x_att"], d["y_att"], epochs=epochs, lr=0.01, fraction=1.0, seed=setup.seed,
+                    batch_size=b["batch_size"])
+
+
+@register("prune", EVERY_KIND, grid=(0.1, 0.3, 0.5, 0.7, 0.9), axis="fraction of weights pruned")
+def _prune(model: nn.Module, amount: float, setup, kind: str) -> nn.Module:
+    return prune(model, amount, scope="global")
+
+
+@register("quantize", EVERY_KIND, grid=(8, 6, 4, 3, 2), axis="bits kept per weight")
+def _quantize(model: nn.Module, bits: int, setup, kind: str) -> nn.Module:
+    return quantize(model, bits)
+
+
+@register("noise", EVERY_KIND, grid=(0.1, 0.25, 0.5, 1.0, 2.0), axis="noise std / layer weight std")
+def _noise(model: nn.Module, k: float, setup, kind: str) -> nn.Module:
+    return weight_noise(model, k, seed=setup.seed)
+
+
+@register("distill", CLASSIFIERS, grid=(5,), axis="student epochs")
+def _distill(model: nn.Module, epochs: float, setup, kind: str) -> nn.Module:
+    """A fresh student of the same architecture on the teacher's soft labels for the attacker's
+    unlabelled images."""
+    torch.manual_seed(setup.seed + 11)  # the student's initialisation
+    student = copy.deepcopy(model)
+    for m in student.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return distill(model, student, setup.data["x_att"], epochs=epochs, lr=0.05, seed=setup.seed,
+                   batch_size=setup.budget["batch_size"])
+
+
+@register("surrogate", ("image-service",), grid=(6,), axis="surrogate epochs")
+def _surrogate(model: nn.Module, epochs: float, setup, kind: str) -> nn.Module:
+    """The black-box thief: a U-Net trained with L2 on (its inputs, the service's delivered outputs)."""
+    from wm import image_processing as ip
+    a = setup.data["att"].a
+    targets = ip.deliver(ip.apply(model, a))
+    net = ip.build_surrogate("unet", 16).to(a.device)
+    ip.train_i2i(net, a, targets, "l2", epochs, 1e-3, 16, setup.seed + 100)
+    return net.eval()
