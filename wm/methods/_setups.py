@@ -14,7 +14,7 @@ from wm import data
 from wm import image_processing as ip
 from wm import null_embedding as ne
 from wm import watermas as wmas
-from wm.methods import Setup
+from wm.methods import Method, Setup
 
 
 def classifier_setup(profile: str, seed: int, device, n_train: int, n_attacker: int, n_test: int,
@@ -77,3 +77,14 @@ def outputs(suspect, setup: Setup) -> torch.Tensor:
     if isinstance(suspect, torch.Tensor):
         return suspect
     return ip.deliver(ip.apply(suspect, setup.data["test"].a))
+
+
+class ServiceMethod(Method):
+    """What the image-service methods share: their kind, and utility as the PSNR of the delivered
+    test outputs against the clean ground truth."""
+
+    kind = "image-service"
+    unit = "PSNR (dB)"
+
+    def utility(self, suspect, setup: Setup) -> float:
+        return ip.image_quality(outputs(suspect, setup), setup.data["test"].clean)["psnr"]

@@ -7,15 +7,13 @@ paper's success rate, the share of outputs with NC ≥ τ, is a threshold on the
 from __future__ import annotations
 
 from wm import image_processing as ip
-from wm.methods import Method, Setup, Trained, register
-from wm.methods._setups import outputs, train_service
+from wm.methods import Setup, Trained, register
+from wm.methods._setups import ServiceMethod, outputs, train_service
 
 
-class Deep(Method):
+class Deep(ServiceMethod):
     name = "deep"
     label = "deep watermark (Zhang et al.)"
-    kind = "image-service"
-    unit = "PSNR (dB)"
 
     def train(self, setup: Setup) -> Trained:
         m_net, icfg = train_service(setup)
@@ -27,9 +25,6 @@ class Deep(Method):
     def score(self, suspect, secret, setup: Setup) -> float:
         wmk, tau = secret
         return float(ip.verify(wmk, outputs(suspect, setup), tau).nc.mean())
-
-    def utility(self, suspect, setup: Setup) -> float:
-        return ip.image_quality(outputs(suspect, setup), setup.data["test"].clean)["psnr"]
 
 
 register(Deep)

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from wm import image_processing as ip
-from wm.methods import Method, Setup, Trained, register
-from wm.methods._setups import outputs, train_service
+from wm.methods import Setup, Trained, register
+from wm.methods._setups import ServiceMethod, outputs, train_service
 
 N_BITS, PSNR = 64, 40.0
 """Payload and visibility of the mark: 64 bits at 40 dB (the suite's overwrite grid's weakest)."""
@@ -25,11 +25,9 @@ class MarkedService(nn.Module):
         return self.m(a).clamp(0, 1) + self.ss.mark().to(a.device)
 
 
-class SpreadSpectrumMethod(Method):
+class SpreadSpectrumMethod(ServiceMethod):
     name = "spread_spectrum"
     label = "spread spectrum (Cox et al.)"
-    kind = "image-service"
-    unit = "PSNR (dB)"
 
     def train(self, setup: Setup) -> Trained:
         m_net, icfg = train_service(setup)
@@ -38,9 +36,6 @@ class SpreadSpectrumMethod(Method):
 
     def score(self, suspect, secret, setup: Setup) -> float:
         return secret.bit_accuracy(outputs(suspect, setup))
-
-    def utility(self, suspect, setup: Setup) -> float:
-        return ip.image_quality(outputs(suspect, setup), setup.data["test"].clean)["psnr"]
 
 
 register(SpreadSpectrumMethod)
