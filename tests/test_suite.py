@@ -39,7 +39,7 @@ def _service(size=16, seed=0):
         for net in (m.final, h.net.final):
             net.weight.normal_(0, 0.05)
     delta = ip.watermark_image("logo", size)
-    return suite.Service(m, h, delta).eval(), m, h, delta
+    return ip.Service(m, h, delta).eval(), m, h, delta
 
 
 # --- the composite ----------------------------------------------------------------------------
