@@ -8,14 +8,14 @@ import json
 
 import pytest
 
-from wm import runner
+from wm import module_name, runner
 from wm.config import MAX_SEED, StudyConfig, param
 
 STUDIES = ["null_embedding", "watermas", "image_processing", "attack_suite", "quickstart"]
 
 
 def _config(study):
-    return importlib.import_module(f"wm.{study}").Config
+    return importlib.import_module(module_name(study)).Config
 
 
 @pytest.mark.parametrize("study", STUDIES)

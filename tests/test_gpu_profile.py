@@ -17,7 +17,7 @@ import json
 
 import pytest
 
-from wm import runner
+from wm import module_name, runner
 
 pytestmark = pytest.mark.slow
 
@@ -46,9 +46,9 @@ TINY = {
 
 def _choices(study: str) -> dict:
     """What the gpu profile selects besides sizes: strings, booleans and tuples of strings."""
-    if importlib.util.find_spec(f"wm.{study}") is None:
+    if importlib.util.find_spec(module_name(study)) is None:
         return {}
-    gpu = importlib.import_module(f"wm.{study}").Config.PROFILE_DEFAULTS["gpu"]
+    gpu = importlib.import_module(module_name(study)).Config.PROFILE_DEFAULTS["gpu"]
     return {k: v for k, v in gpu.items()
             if isinstance(v, (str, bool)) or (isinstance(v, tuple) and all(isinstance(e, str) for e in v))}
 
@@ -58,8 +58,8 @@ def test_every_notebook_has_tiny_overrides_that_keep_the_gpu_choices():
     for study, tiny in TINY.items():
         kept = _choices(study)
         assert not set(tiny) & set(kept), f"{study}: TINY overrides a model or branch of the gpu profile"
-        if importlib.util.find_spec(f"wm.{study}") is not None:
-            names = {f.name for f in dataclasses.fields(importlib.import_module(f"wm.{study}").Config)}
+        if importlib.util.find_spec(module_name(study)) is not None:
+            names = {f.name for f in dataclasses.fields(importlib.import_module(module_name(study)).Config)}
             assert set(tiny) <= names
 
 

@@ -1,9 +1,11 @@
-"""wm.attack_suite: the composite service, the survival rules, the plan, the Config, the summary.
+"""wm.suite: the composite service, the survival rules, the plan from the registries, the Config,
+the summary (wm.report), and that no shared code names a method.
 
 The notebook itself runs at the smoke profile in tests/test_notebooks.py (every notebook in
 notebooks/ is picked up there).
 """
 
+import ast
 import json
 import math
 
@@ -11,13 +13,13 @@ import pytest
 import torch
 from torch import nn
 
-from wm import ROOT, STUDIES, attacks, metrics, results
-from wm import attack_suite as suite
+from wm import ROOT, STUDIES, attacks, metrics, report, results, suite
 from wm import image_processing as ip
 from wm import watermas as wmas
+from wm.methods import REGISTRY, Setup
+from wm.methods._setups import CLASSIFIER_DEFAULTS, IMAGE_DEFAULTS, image_config, ne_config, wmas_config
 from wm.models import SmallCNN
-from wm.results import ATTACKS as TABLE_ATTACKS
-from wm.results import Results
+from wm.results import Results, attacks_vocabulary
 from wm.train import seed_everything
 
 
@@ -113,16 +115,30 @@ class _ConstantR(nn.Module):
         return out
 
 
+def _image_setup(size=16, **budget):
+    b = dict(IMAGE_DEFAULTS, profile="smoke", size=size, n_owner=24, n_attacker=24, n_test=10, m_epochs=1,
+             stage1_epochs=1, **budget)
+    return Setup(0, torch.device("cpu"), b)
+
+
 @pytest.mark.parametrize("k,verified", [(10, 1.0), (5, 1.0), (4, 0.0), (0, 0.0)])
 def test_deep_survival_rule(k, verified):
     delta = ip.watermark_image("logo", 16)
     wmk = ip.DeepWatermark(h=None, r=_ConstantR(delta, k), delta=delta)
     clean = torch.full((10, 3, 16, 16), 0.5)
+    setup = _image_setup(sr_threshold=0.5)
+    setup.data["test"] = ip.Pairs(a=clean, clean=clean)
     outputs = clean + 0.1  # MSE 0.01 against the ground truth: 20 dB
-    score = suite.score_images(outputs, clean, wmk, tau=0.9, threshold=0.5)
+    deep = REGISTRY["deep"]
+    score = deep.detect(outputs, wmk, setup)
     assert score["success_rate"] == pytest.approx(k / 10)
     assert score["verified"] == verified
-    assert score["psnr"] == pytest.approx(20.0, abs=1e-4)
+    assert deep.utility(outputs, setup) == pytest.approx(20.0, abs=1e-4)
+
+
+def _classifier_setup(x, y, **budget):
+    b = dict(CLASSIFIER_DEFAULTS, profile="smoke", width=4, epochs=1, batch_size=32, n_bits=32, **budget)
+    return Setup(0, torch.device("cpu"), b, dict(x_train=x, y_train=y, x_att=x, y_att=y, x_test=x, y_test=y))
 
 
 def test_watermas_reembed_writes_the_thiefs_key_and_leaves_the_input():
@@ -130,24 +146,22 @@ def test_watermas_reembed_writes_the_thiefs_key_and_leaves_the_input():
     model = SmallCNN(1, 10, width=4)
     x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    wcfg = wmas.Config.from_profile("smoke", n_bits=32)
-    pirated, key = suite.watermas_reembed(model, wcfg, x, y, epochs=1, lr=0.01, seed=5, batch_size=32)
+    pirated, key = REGISTRY["watermas"].reembed(model, _classifier_setup(x, y), epochs=1)
     assert wmas.ber(pirated, key) == 0.0  # the sharpness hook holds the thief's keyed weights
-    assert key.seed == 5 and len(key) == 32
+    assert key.seed == 1000 and len(key) == 32  # the setup's seed + the piracy offset
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_service_piracy_trains_the_thiefs_own_mark_on_the_thiefs_data_and_leaves_the_service():
-    cfg = suite.Config.from_profile("smoke", methods=("deep",))
-    icfg = cfg.ip_config(0)
-    service, *_ = _service(size=cfg.size)
-    a = torch.rand(24, 3, cfg.size, cfg.size)
-    d = suite.SuiteData(att=ip.Pairs(a=a, clean=a.clone()))
+    setup = _image_setup()
+    service, *_ = _service(size=16)
+    a = torch.rand(24, 3, 16, 16)
+    setup.data["att"] = ip.Pairs(a=a, clean=a.clone())
     before = {k: v.clone() for k, v in service.state_dict().items()}
-    thief = suite.service_piracy(cfg, icfg, service, d, epochs=1, seed=1000)
-    owner_delta = ip.watermark_image("logo", cfg.size)
+    thief = REGISTRY["deep"].thief_mark(service, setup, epochs=1)
+    owner_delta = ip.watermark_image("logo", 16)
     assert thief.delta.shape == owner_delta.shape and not torch.equal(thief.delta, owner_delta)  # its own δ′
-    assert torch.equal(thief.delta, ip.watermark_image("qr", cfg.size, 1000))
+    assert torch.equal(thief.delta, ip.watermark_image("qr", 16, 1000))
     assert all(torch.equal(v, before[k]) for k, v in service.state_dict().items())
     out = thief.embed(ip.deliver(ip.apply(service, a)))
     assert out.shape == a.shape and 0 <= out.min() and out.max() <= 1
@@ -156,22 +170,63 @@ def test_service_piracy_trains_the_thiefs_own_mark_on_the_thiefs_data_and_leaves
 # --- the plan and the Config --------------------------------------------------------------------
 
 def test_every_cell_is_planned_or_explained():
-    assert set(suite.ATTACKS) <= set(TABLE_ATTACKS)
-    for method in suite.METHODS:
-        assert set(suite.PLAN[method]) <= set(suite.ATTACKS)
+    assert set(suite.ATTACKS) <= set(attacks_vocabulary())
+    assert set(suite.METHODS) == set(REGISTRY)
+    for name in suite.METHODS:
+        m = REGISTRY[name]
+        assert set(suite.plan(m)) <= set(suite.ATTACKS)
         for attack in suite.ATTACKS:
-            assert (attack in suite.PLAN[method]) != ((method, attack) in suite.NOT_RUN), (method, attack)
+            if attack not in suite.plan(m):
+                assert suite.reason(m, attack), (name, attack)
+        assert set(m.not_applicable) <= set(suite.ATTACKS), name  # no reason for an attack that does not exist
+
+
+def test_the_plan_comes_from_the_kinds_and_the_methods_own_attacks():
+    kinds = {a.name: a.kinds for a in attacks.REGISTRY.values()}
+    for name, m in REGISTRY.items():
+        expected = [a for a, k in kinds.items() if m.kind in k] + list(m.own_attacks)
+        assert suite.plan(m) == [a for a in expected if a not in m.not_applicable], name
+    # a new attack of one kind joins the plan of every method of that kind, and no other
+    attacks.register("blur_weights", ("classifier-white",), grid=(1,), axis="σ")(lambda model, s, setup, kind: model)
+    try:
+        for name, m in REGISTRY.items():
+            assert ("blur_weights" in suite.plan(m)) == (m.kind == "classifier-white"), name
+    finally:
+        del attacks.REGISTRY["blur_weights"]
 
 
 def test_grid_follows_the_plan():
     cfg = suite.Config.from_profile("cpu")
     assert cfg.grid("deep", "prune") == list(cfg.prune_amounts) == cfg.grid("watermas", "prune")
-    assert cfg.grid("watermas", "overwrite") == list(wmas.OVERWRITE_MODES)
-    assert cfg.grid("deep", "overwrite") == list(cfg.overwrite_psnr)
+    assert cfg.grid("watermas", "overwrite") == list(wmas.OVERWRITE_MODES) == cfg.grid("tart", "overwrite")
+    assert cfg.grid("deep", "overwrite") == list(cfg.overwrite_psnr) == cfg.grid("spread_spectrum", "overwrite")
     assert cfg.grid("deep", "distill") == [] and cfg.grid("null_embedding", "surrogate") == []
+    assert cfg.grid("uchida", "overwrite") == [] and cfg.grid("null_embedding", "overwrite") == []
     assert cfg.grid("deep", "piracy") == [cfg.stage1_epochs]  # the thief's stage 1 at the owner's budget
+    assert cfg.grid("null_embedding", "piracy") == list(cfg.piracy_epochs)
     only = suite.Config.from_profile("cpu", attacks=("prune",))
     assert only.grid("null_embedding", "finetune") == [] and only.grid("null_embedding", "prune")
+
+
+def _string_literals(source: str) -> set[str]:
+    return {n.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+
+@pytest.mark.parametrize("path", ["wm/suite.py", "wm/report.py", "wm/attacks/__init__.py", "wm/results.py",
+                                  "wm/methods/__init__.py", "notebooks/attack_suite.ipynb",
+                                  "notebooks/comparison.ipynb"])
+def test_no_shared_code_names_a_method(path):
+    """Only a method's own file (and its study's module) may name it: the suite, the report, the
+    registries and the two chapters that span every method read names from the registry."""
+    p = ROOT / path
+    if p.suffix == ".ipynb":
+        nb = json.loads(p.read_text())
+        source = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"
+                           and "parameters" not in c.get("metadata", {}).get("tags", []))
+    else:
+        source = p.read_text()
+    named = _string_literals(source) & set(REGISTRY)
+    assert not named, f"{path} names {sorted(named)}"
 
 
 @pytest.mark.parametrize("method,attack,match", [("nope", "prune", "unknown method"),
@@ -191,7 +246,6 @@ def test_unknown_method_or_attack_is_rejected(method, attack, match):
     (dict(size=20), "size"),
     (dict(n_owner=8), "n_owner"),
     (dict(prune_amounts=(0.5, 1.5)), "prune_amounts"),
-    (dict(prune_scope="row"), "prune_scope"),
     (dict(quant_bits=(8, 0)), "quant_bits"),
     (dict(sr_threshold=0.0), "sr_threshold"),
     (dict(finetune_epochs=()), "finetune_epochs"),
@@ -210,9 +264,11 @@ def test_unknown_parameter_is_rejected():
 @pytest.mark.parametrize("profile", ["smoke", "cpu", "gpu"])
 def test_the_studies_configs_accept_the_common_budget(profile):
     cfg = suite.Config.from_profile(profile)
-    n = cfg.ne_config(cfg.seed + 2)
-    w = cfg.wmas_config()
-    i = cfg.ip_config(cfg.seed + 2)
+    x = torch.zeros(cfg.n_train, 1, 28, 28)
+    cls = Setup(cfg.seed + 2, torch.device("cpu"), {**cfg.budget("classifier-white"), "profile": profile},
+                dict(x_train=x, x_test=x[:cfg.n_test]))
+    img = Setup(cfg.seed + 2, torch.device("cpu"), {**cfg.budget("image-service"), "profile": profile})
+    n, w, i = ne_config(cls), wmas_config(cls), image_config(img)
     assert (n.model, n.width, n.n_train, n.epochs, n.seed) == ("smallcnn", cfg.width, cfg.n_train, cfg.epochs, cfg.seed + 2)
     assert (w.width, w.n_train, w.epochs, w.n_bits) == (cfg.width, cfg.n_train, cfg.epochs, cfg.n_bits)
     assert (i.size, i.n_owner, i.n_attacker, i.stage1_epochs, i.seed) == (cfg.size, cfg.n_owner, cfg.n_attacker_pairs,
@@ -232,26 +288,22 @@ def _table():
     """Two seeds of a made-up null-embedding grid (prune 0.5 kept, 0.9 lost) and its control."""
     cfg = suite.Config.from_profile("smoke", methods=("null_embedding",), attacks=("prune",), prune_amounts=(0.5, 0.9))
     r = Results("attack_suite", "smoke")
-    add = suite.recorder(r)
+    ctl = suite.control_model(REGISTRY["null_embedding"])
     for seed in (0, 1):
-        ctl = suite.CONTROL_MODEL["null_embedding"]
-        add(seed=seed, method="null_embedding", model="smallcnn", attack="none", strength=None,
-            metrics={"test_acc": 0.90, "wm_acc_null": 0.9, "wm_acc_true": 1.0, "verified": 1.0})
-        add(seed=seed, method="none", model=ctl, attack="none", strength=None,
-            metrics={"test_acc": 0.91, "wm_acc_null": 0.2, "wm_acc_true": 0.0, "verified": 0.0})
-        for strength, acc, null, ok in (("0.5", 0.89, 0.85, 1.0), ("0.9", 0.30 + 0.1 * seed, 0.2, 0.0)):
-            add(seed=seed, method="null_embedding", model="smallcnn", attack="prune", strength=strength,
-                metrics={"test_acc": acc, "wm_acc_null": null, "wm_acc_true": 1.0, "verified": ok})
-            add(seed=seed, method="none", model=ctl, attack="prune", strength=strength,
-                metrics={"test_acc": acc, "wm_acc_null": 0.1, "wm_acc_true": 0.0, "verified": 0.0})
-        add(seed=seed, method="null_embedding", model="smallcnn", attack="prune", strength="0.9",
-            metrics={"verified": 1.0}, experiment="suite_thief_claim")  # not a suite row: ignored
+        add = lambda method, model, attack, strength, metrics, experiment="suite": report.record(  # noqa: E731
+            r, method, model, experiment, metrics, seed=seed, attack=attack, strength=strength)
+        add("null_embedding", "smallcnn", "none", None, {"test_acc": 0.90, "score": 0.9, "verified": 1.0})
+        add("none", ctl, "none", None, {"test_acc": 0.91, "score": 0.0, "verified": 0.0})
+        for strength, acc, score, ok in (("0.5", 0.89, 0.85, 1.0), ("0.9", 0.30 + 0.1 * seed, 0.2, 0.0)):
+            add("null_embedding", "smallcnn", "prune", strength, {"test_acc": acc, "score": score, "verified": ok})
+            add("none", ctl, "prune", strength, {"test_acc": acc, "score": 0.0, "verified": 0.0})
+        add("null_embedding", "smallcnn", "prune", "0.9", {"verified": 1.0}, experiment="suite_thief_claim")  # ignored
     return cfg, r
 
 
 def test_wide_has_one_row_per_run():
     _, r = _table()
-    w = suite.wide(r.frame())
+    w = report.wide(r.frame())
     assert len(w) == 2 * 2 * 3
     assert set(w.role) == {"watermarked", "control"} and set(w["for"]) == {"null_embedding"}
     row = w[(w.role == "watermarked") & (w.strength == "0.5") & (w.seed == 0)].iloc[0]
@@ -262,13 +314,13 @@ def test_wide_reads_the_csv_back(tmp_path):
     from wm import results
     _, r = _table()
     r.save(tmp_path)
-    w = suite.wide(results.load("attack_suite", tmp_path))
+    w = report.wide(results.load("attack_suite", tmp_path))
     assert len(w) == 12 and set(w.strength) == {"", "0.5", "0.9"}
 
 
 def test_summary_reads_survival_and_cost():
     cfg, r = _table()
-    s = suite.summary(suite.wide(r.frame()), cfg).set_index(["method", "attack"])
+    s = report.summary(report.wide(r.frame()), cfg).set_index(["method", "attack"])
     row = s.loc["null_embedding", "prune"]
     assert row["survives on every seed"] == "0.5"
     assert row["erased (majority) from"] == "0.9"
@@ -276,6 +328,11 @@ def test_summary_reads_survival_and_cost():
     assert row["cheap erasure"] is False or row["cheap erasure"] == False  # noqa: E712
     assert row["max utility cost while surviving"] == "1.00 points"
     assert row["control fired"] == "0/4"
+    # a cell outside the plan says why instead of a verdict
+    cfg2 = suite.Config.from_profile("smoke", methods=("null_embedding",), attacks=("prune", "surrogate"))
+    s2 = report.summary(report.wide(r.frame()), cfg2).set_index(["method", "attack"])
+    assert s2.loc[("null_embedding", "surrogate"), "survives on every seed"] == "not run"
+    assert "image-service" in s2.loc[("null_embedding", "surrogate"), "note"]
 
 
 def test_the_committed_table_fills_every_planned_cell_with_three_seeds_and_a_control():
@@ -283,11 +340,12 @@ def test_the_committed_table_fills_every_planned_cell_with_three_seeds_and_a_con
     folder = ROOT / "data" / "results"
     meta = json.loads((folder / "attack_suite.json").read_text())
     assert meta["profile"] in ("cpu", "gpu")
-    w = suite.wide(results.load("attack_suite", folder))
-    for method in suite.METHODS:
-        for attack in ("none", *suite.PLAN[method]):
+    w = report.wide(results.load("attack_suite", folder))
+    cfg = suite.Config.from_profile(meta["profile"])
+    for method in cfg.methods:
+        for attack in ("none", *(a for a in cfg.attacks if cfg.grid(method, a))):
             mine = w[(w.method == method) & (w.attack == attack)]
             ctl = w[(w["for"] == method) & (w.role == "control") & (w.attack == attack)]
             assert mine.seed.nunique() >= 3, (method, attack)
             assert ctl.seed.nunique() >= 3, (method, attack)
-            assert mine.verified.notna().all() and mine.utility.notna().all(), (method, attack)
+            assert mine.verified.notna().all() and mine.utility.notna().all() and mine.score.notna().all(), (method, attack)

@@ -13,7 +13,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 STUDIES = ("image_processing", "null_embedding", "watermas", "attack_suite")
 """The values of the results table's `study` column: the three papers' studies, and the attack
-suite that runs one threat-model grid across the three methods (wm/attack_suite.py)."""
+suite that runs one threat-model grid across every registered method (wm/suite.py)."""
+
+MODULES = {"attack_suite": "suite"}
+"""A notebook whose module is named otherwise: notebooks/attack_suite.ipynb runs wm/suite.py."""
+
+
+def module_name(notebook: str) -> str:
+    """The wm module behind NOTEBOOK (it may not exist: the comparison has none)."""
+    return f"wm.{MODULES.get(notebook, notebook)}"
+
 
 PROFILES = ("smoke", "cpu", "gpu")
 """Concrete profiles; `auto` resolves to `gpu` when CUDA is available, else `cpu`."""

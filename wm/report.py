@@ -43,3 +43,93 @@ VERDICTS = {True: "Holds here.", False: "Does not hold here.", "partly": "Partly
 def verdict(level: bool | str, text: str) -> str:
     """A verdict line: LEVEL is True (holds), False (does not hold), "partly" or "measured"."""
     return f"**{VERDICTS[level]}** {text}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The attack suite's table read back (wm.suite writes it): one row per run, and methods × attacks
+# ---------------------------------------------------------------------------------------------
+
+UTILITY_METRICS = {"test accuracy": "test_acc", "PSNR (dB)": "psnr"}
+"""A method's unit of utility → the results table's metric."""
+
+
+def utility_metric(method) -> str:
+    """The metric holding METHOD's utility (a wm.methods.Method)."""
+    return UTILITY_METRICS[method.unit]
+
+
+def cost_scale(name: str) -> tuple[float, str]:
+    """How a utility difference of method NAME is shown: ×100 in accuracy points, or dB as it is."""
+    from wm.methods import REGISTRY
+    return (100.0, "points") if REGISTRY[name].unit == "test accuracy" else (1.0, "dB")
+
+
+def utility_cost(name: str, before: float, after: float) -> float:
+    """What an attack cost a model of method NAME, in its unit (accuracy points, or dB of PSNR)."""
+    return (before - after) * cost_scale(name)[0]
+
+
+def wide(frame):
+    """The rows of experiment `suite` (a Results frame, or the CSV read back by wm.results.load) as
+    one row per run: method, model, attack, strength, seed, one column per metric, and `for` (the
+    method a row speaks about: its own, or the one a control row controls for), `role`
+    (watermarked or control) and `utility` (the method's own utility metric)."""
+    import pandas as pd
+    from wm.methods import REGISTRY
+    f = frame[frame.experiment == "suite"].copy()
+    f["strength"] = f["strength"].astype(str)
+    w = f.pivot_table(index=["method", "model", "attack", "strength", "seed"], columns="metric", values="value",
+                      aggfunc="first", sort=False).reset_index()
+    w.columns.name = None
+    w["for"] = [model.split(":control_", 1)[1] if meth == "none" else meth for meth, model in zip(w.method, w.model)]
+    w["role"] = ["control" if meth == "none" else "watermarked" for meth in w.method]
+    nan = pd.Series(float("nan"), index=w.index)
+    w["utility"] = [w.get(utility_metric(REGISTRY[f_]), nan)[i] for i, f_ in zip(w.index, w["for"])]
+    if "score" not in w:
+        w["score"] = nan
+    return w
+
+
+def summary(w, cfg):
+    """Methods × attacks from the runs of `wide` (CFG: a wm.suite.Config): where the watermark
+    survives on every seed, on some, where a majority of seeds lost it first and what the attacked
+    model had lost there, the erasure that cost the model least, whether one cost at most the
+    'cheap' budget (useful_drop, useful_psnr_drop), and how often the detector accepted the attacked
+    twin. A cell outside a method's plan gets its reason."""
+    import pandas as pd
+    from wm import suite
+    from wm.methods import REGISTRY
+    rows = []
+    for method in cfg.methods:
+        scale, unit = cost_scale(method)
+        cheap = cfg.useful_psnr_drop if unit == "dB" else 100 * cfg.useful_drop
+        mine = w[(w["for"] == method) & (w.role == "watermarked")]
+        base = mine[mine.attack == "none"].utility.mean()
+        for attack in cfg.attacks:
+            grid = [suite.fmt(s) for s in cfg.grid(method, attack)]
+            if not grid:
+                rows.append({"method": method, "attack": attack, "survives on every seed": "not run",
+                             "note": suite.reason(REGISTRY[method], attack)})
+                continue
+            runs = mine[mine.attack == attack]
+            share = runs.groupby("strength").verified.mean()
+            cost = runs.groupby("strength").utility.mean().map(lambda u: utility_cost(method, base, u))
+            kept = [s for s in grid if share.get(s, float("nan")) == 1]
+            some = [s for s in grid if 0 < share.get(s, float("nan")) < 1]
+            lost = [s for s in grid if share.get(s, float("nan")) < 0.5]
+            ctl = w[(w["for"] == method) & (w.role == "control") & (w.attack == attack)]
+            first = lost[0] if lost else None
+            cheapest = min(lost, key=cost.get) if lost else None
+            rows.append({
+                "method": method, "attack": attack,
+                "survives on every seed": ", ".join(kept) or "none",
+                "on some seeds": ", ".join(f"{s} ({share[s]:.0%})" for s in some),
+                "erased (majority) from": first or "never",
+                "utility cost there": f"{cost[first]:.2f} {unit}" if first else "",
+                "cheapest erasure": f"{cheapest} ({cost[cheapest]:.2f} {unit})" if lost else "",
+                "cheap erasure": bool(any(cost[s] <= cheap for s in lost)),
+                "max utility cost while surviving": f"{max(cost[s] for s in kept):.2f} {unit}" if kept else "",
+                "control fired": f"{int(ctl.verified.sum())}/{len(ctl)}",
+                "note": "",
+            })
+    return pd.DataFrame(rows)

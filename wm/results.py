@@ -29,12 +29,20 @@ COLUMNS = ("study", "method", "model", "experiment", "attack", "strength", "seed
 """The study's columns (the book's chapter *Reproducing the study* describes them), and `case`: what tells apart rows that share all the others (one control
 among several of an experiment, e.g. 'random signature vs owner's model'); empty otherwise.
 Tables written before it existed are read with an empty `case`."""
-ATTACKS = ("none", "finetune", "prune", "quantize", "noise", "distill", "surrogate", "overwrite",
-           "piracy", "transfer")
-METRICS = ("test_acc", "wm_acc_null", "wm_acc_true", "verified", "ber", "psnr", "ssim", "nc", "nc_raw",
+STUDY_ATTACKS = ("none", "transfer")
+"""Attack names of the table beyond the registries': `none` (unattacked) and the null-embedding
+study's transfer learning."""
+METRICS = ("score", "test_acc", "wm_acc_null", "wm_acc_true", "verified", "ber", "psnr", "ssim", "nc", "nc_raw",
            "success_rate", "bit_acc", "sharpness", "seconds")
 RATES = {"test_acc", "wm_acc_null", "wm_acc_true", "verified", "ber", "success_rate", "bit_acc"}
 EXAMPLE_STUDY = "quickstart"  # the clean reference: what each attack costs a model with no watermark
+
+
+def attacks_vocabulary() -> tuple[str, ...]:
+    """The table's attack names: `none`, every registered attack and every method's own
+    (wm.attacks, wm.methods), and the study-only ones of STUDY_ATTACKS."""
+    from wm import attacks, methods
+    return (STUDY_ATTACKS[0], *attacks.REGISTRY, *methods.own_attacks(), *STUDY_ATTACKS[1:])
 
 
 PUBLISHED_RESULTS = ROOT / "data" / "results"
@@ -174,8 +182,8 @@ class Results:
     def add(self, *, method: str, model: str, experiment: str, metric: str, value: float,
             seed: int, attack: str = "none", strength: float | int | str | None = None, case: str = "") -> None:
         """One measured number; the column values are checked against the table's vocabulary."""
-        if attack not in ATTACKS:
-            raise ValueError(f"unknown attack {attack!r}: choose from {', '.join(ATTACKS)}")
+        if attack not in attacks_vocabulary():
+            raise ValueError(f"unknown attack {attack!r}: choose from {', '.join(attacks_vocabulary())}")
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}: choose from {', '.join(METRICS)}")
         value = float(value)

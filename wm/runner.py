@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from wm import PROFILES, ROOT
+from wm import PROFILES, ROOT, module_name
 
 NOTEBOOKS = ROOT / "notebooks"
 BOOK = ROOT / "book"
@@ -136,9 +136,9 @@ def check_request(study: str, profile: str, params: dict[str, str]) -> tuple[Pat
 
 def check_values(study: str, profile: str, values: dict[str, Any]) -> None:
     """Let the study's Config reject bad values (one ValueError naming the field) before a kernel starts."""
-    if importlib.util.find_spec(f"wm.{study}") is None:
+    if importlib.util.find_spec(module_name(study)) is None:
         return  # a notebook without a module of its own (the comparison) validates in its first cell
-    config = getattr(importlib.import_module(f"wm.{study}"), "Config", None)
+    config = getattr(importlib.import_module(module_name(study)), "Config", None)
     if config is None:
         return
     names = {f.name for f in dataclasses.fields(config)}

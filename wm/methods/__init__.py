@@ -46,23 +46,75 @@ class Trained:
 
 
 class Method:
-    """The interface: subclasses set the class attributes and implement the four methods."""
+    """The interface: subclasses set the class attributes and implement `train_twin`, `mark`,
+    `detect` and `utility`; `attack` where the method has attacks of its own."""
 
     name: ClassVar[str]
     label: ClassVar[str]
     kind: ClassVar[str]
     unit: ClassVar[str]
     """The unit of `utility`: "test accuracy" or "PSNR (dB)"."""
+    rule: ClassVar[str]
+    """The decision rule of `detect`'s `verified`, in words (tables and verdicts print it)."""
+    model: ClassVar[str]
+    """The results table's `model` of the marked model (the attacked artefact)."""
+    twin_recipe: ClassVar[str]
+    """Methods whose unmarked twins are the same model (same data, initialisation and recipe)
+    share this name: a suite trains and attacks that twin once and scores it with each key."""
+    twin_model: ClassVar[str]
+    """The results table's `model` of the twin (its control rows add `:control_<method>`)."""
+    own_attacks: ClassVar[dict[str, str]] = {}
+    """The method's own attacks (piracy, overwrite): name → axis label; `attack` runs them and
+    `own_grid` gives their strengths."""
+    not_applicable: ClassVar[dict[str, str]] = {}
+    """Attacks of this kind (registered, or other methods' own) that do not apply: name → why."""
+    baseline_of: ClassVar[str | None] = None
+    """The paper method this one is a baseline or ablation of (None for the papers' methods)."""
 
-    def train(self, setup: Setup) -> Trained:
+    def train_twin(self, setup: Setup) -> Any:
+        """The unmarked model the marked one is compared with."""
         raise NotImplementedError
 
-    def score(self, suspect: Any, secret: Any, setup: Setup) -> float:
-        """The detector statistic of SUSPECT (a model, or a service's delivered outputs)."""
+    def mark(self, setup: Setup, twin: Any) -> tuple[Any, Any]:
+        """The marked model and its secret (TWIN is there for methods that mark a trained model)."""
+        raise NotImplementedError
+
+    def detect(self, suspect: Any, secret: Any, setup: Setup) -> dict[str, float]:
+        """`score` (the continuous detector statistic, higher = more evidence of the owner),
+        `verified` (1.0 where the paper's decision rule accepts, else 0.0) and any detail the
+        method reports (BER, acc_null, success rate ...)."""
         raise NotImplementedError
 
     def utility(self, suspect: Any, setup: Setup) -> float:
         raise NotImplementedError
+
+    def fidelity(self, trained: Trained, setup: Setup) -> dict[str, float]:
+        """What marking cost beyond utility, where the method measures it (image services: the
+        PSNR of the marked outputs against the twin's)."""
+        return {}
+
+    def own_grid(self, attack: str, setup: Setup) -> list:
+        """Strengths of own attack ATTACK, weakest first."""
+        raise NotImplementedError
+
+    def attack(self, attack: str, strength: Any, suspect: Any, trained: Trained,
+               setup: Setup) -> tuple[Any, dict[str, float] | None]:
+        """Own attack ATTACK at STRENGTH on SUSPECT (the marked model or the twin): the attacked
+        model (or delivered outputs) and, where the thief adds a mark of its own, the thief's
+        detection of it (its claim), else None."""
+        raise NotImplementedError(f"{self.name} has no attack {attack!r}")
+
+    # --- derived ---------------------------------------------------------------------------
+
+    def train(self, setup: Setup, twin: Any = None) -> Trained:
+        """The marked model, its twin (trained here unless given) and the secret."""
+        twin = self.train_twin(setup) if twin is None else twin
+        marked, secret = self.mark(setup, twin)
+        return Trained(marked, twin, secret)
+
+    def score(self, suspect: Any, secret: Any, setup: Setup) -> float:
+        """The detector statistic of SUSPECT (a model, or a service's delivered outputs)."""
+        return self.detect(suspect, secret, setup)["score"]
 
 
 REGISTRY: dict[str, Method] = {}
@@ -76,6 +128,24 @@ def register(cls: type[Method]) -> type[Method]:
         raise ValueError(f"two methods are named {cls.name!r}")
     REGISTRY[cls.name] = cls()
     return cls
+
+
+KIND_ORDER = ("classifier-black", "classifier-white", "image-service")
+
+
+def ordered(names=None) -> list[str]:
+    """NAMES (default: every registered method) as tables list them: by kind, each paper's method
+    before its baselines."""
+    names = list(REGISTRY) if names is None else list(names)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown method {unknown[0]!r}: choose from {', '.join(REGISTRY)}")
+    return sorted(names, key=lambda n: (KIND_ORDER.index(REGISTRY[n].kind), REGISTRY[n].baseline_of is not None, n))
+
+
+def own_attacks() -> list[str]:
+    """Every method's own attacks (piracy, overwrite, ...), each once, in registry order."""
+    return list(dict.fromkeys(a for m in REGISTRY.values() for a in m.own_attacks))
 
 
 def _load_all() -> None:

@@ -1,29 +1,81 @@
 """What WaterMAS and its baselines share behind the method interface (not a method itself):
-training with wm.watermas' recipe and scoring by the share of the key's bits read back."""
+training with wm.watermas' recipe, scoring by the share of the key's bits read back, and their
+own attacks (overwrite, where the bits sit in keyed weights; piracy, a thief's key of the same
+method trained into the stolen weights)."""
 
 from __future__ import annotations
+
+import copy
 
 from wm import watermas as wmas
 from wm.methods import Method, Setup, Trained
 from wm.methods._setups import wmas_config
-from wm.train import evaluate
+from wm.metrics import ber_threshold
+from wm.train import TrainConfig, evaluate, fit
+
+PIRATE, OVERWRITE = 1000, 7
+"""Seed offsets: the thief's key and the overwrite's random values get streams of their own."""
 
 
 class KeyedWeights(Method):
     """A white-box mark in keyed weights, trained from scratch by wm.watermas.train(method=name).
-    Score: the share of the key's bits read back, 1 − BER (chance: 0.5)."""
+    Score: the share of the key's bits read back, 1 − BER (chance: 0.5). Verified where the BER is
+    at most `ber_threshold(n_bits, ber_fpr)`: the BER a model unrelated to the key (its bits fair
+    coins) reaches with probability ≤ ber_fpr (the suite's Config)."""
 
     kind = "classifier-white"
     unit = "test accuracy"
+    model = "smallcnn"
+    twin_recipe = twin_model = "smallcnn"
+    rule = "BER ≤ the binomial bound of ber_fpr (an unrelated model reads its bits as fair coins)"
+    own_attacks = {"overwrite": "keyed weights overwritten", "piracy": "epochs of the thief's embedding"}
 
-    def train(self, setup: Setup) -> Trained:
+    def train_twin(self, setup: Setup):
+        # the same recipe with nothing written (wm.watermas' method `none`: the key is drawn, unused)
+        cfg, d = wmas_config(setup), setup.data
+        return wmas.train(cfg, "none", d["x_train"], d["y_train"], seed=setup.seed)[0]
+
+    def mark(self, setup: Setup, twin):
         cfg, d = wmas_config(setup), setup.data
         marked, key, _ = wmas.train(cfg, self.name, d["x_train"], d["y_train"], seed=setup.seed)
-        twin, _, _ = wmas.train(cfg, "none", d["x_train"], d["y_train"], seed=setup.seed)
-        return Trained(marked, twin, key)
+        return marked, key
 
-    def score(self, suspect, secret, setup: Setup) -> float:
-        return 1.0 - wmas.ber(suspect, secret)
+    def ber(self, suspect, key) -> float:
+        return wmas.ber(suspect, key)
+
+    def detect(self, suspect, secret, setup: Setup) -> dict[str, float]:
+        b = self.ber(suspect, secret)
+        bound = ber_threshold(len(secret.bits), setup.budget["ber_fpr"])
+        return {"score": 1.0 - b, "ber": b, "verified": float(b <= bound)}
 
     def utility(self, suspect, setup: Setup) -> float:
         return evaluate(suspect, setup.data["x_test"], setup.data["y_test"])
+
+    def own_grid(self, attack: str, setup: Setup) -> list:
+        return list(wmas.OVERWRITE_MODES) if attack == "overwrite" else list(setup.budget["piracy_epochs"])
+
+    def attack(self, attack: str, strength, suspect, trained: Trained, setup: Setup):
+        if attack == "overwrite":  # the owner's key intercepted: its weights negated, zeroed or redrawn
+            return wmas.overwrite(suspect, trained.secret, strength, seed=setup.seed + OVERWRITE), None
+        if attack == "piracy":
+            pirated, key = self.reembed(suspect, setup, strength)
+            return pirated, self.detect(pirated, key, setup)
+        return super().attack(attack, strength, suspect, trained, setup)
+
+    def thief_key(self, model, setup: Setup):
+        return wmas.draw_key(model, setup.budget["n_bits"], seed=setup.seed + PIRATE, kappa=wmas_config(setup).kappa)
+
+    def reembed(self, model, setup: Setup, epochs: float):
+        """A copy of MODEL carrying the thief's own key of this method (drawn on the stolen
+        weights, values written), fine-tuned on the attacker's data with the method's hooks at a
+        constant learning rate."""
+        cfg, d, b = wmas_config(setup), setup.data, setup.budget
+        pirated = copy.deepcopy(model)
+        key = self.thief_key(pirated, setup)
+        if isinstance(key, wmas.Key):
+            wmas.embed_values(pirated, key)
+        seed = setup.seed + PIRATE
+        tc = TrainConfig(epochs=epochs, lr=b["piracy_lr"], batch_size=b["batch_size"], weight_decay=cfg.weight_decay,
+                         seed=seed, schedule="constant")
+        fit(pirated, d["x_att"], d["y_att"], tc, hooks=wmas.make_hooks(self.name, key, cfg, seed))
+        return pirated, key

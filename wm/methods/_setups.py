@@ -17,23 +17,34 @@ from wm import watermas as wmas
 from wm.methods import Method, Setup
 
 
+# What the methods read from a Setup's budget beyond the sizes, and their defaults: the decision
+# rules' thresholds and the own attacks' strengths (a suite's Config passes its own).
+CLASSIFIER_DEFAULTS = dict(ber_fpr=1e-6, piracy_epochs=(1, 2), piracy_lr=0.01)
+IMAGE_DEFAULTS = dict(sr_threshold=0.5, ber_fpr=1e-6, stage2=False, stage2_epochs=6, overwrite_psnr=(40.0, 35.0, 30.0),
+                      ss_bits=64)
+
+
 def classifier_setup(profile: str, seed: int, device, n_train: int, n_attacker: int, n_test: int,
-                     width: int, epochs: float, batch_size: int, n_bits: int) -> Setup:
-    """Fashion-MNIST: the owner's N_TRAIN images, the attacker's disjoint N_ATTACKER, N_TEST held out."""
+                     width: int, epochs: float, batch_size: int, n_bits: int, **budget) -> Setup:
+    """Fashion-MNIST: the owner's N_TRAIN images, the attacker's disjoint N_ATTACKER, N_TEST held
+    out. BUDGET: what CLASSIFIER_DEFAULTS names, where it differs."""
     ds = data.load_classification("fashion_mnist", n_train=n_train + n_attacker, n_test=n_test, seed=seed,
                                   device=device)
     return Setup(seed, torch.device(device),
-                 budget=dict(profile=profile, width=width, epochs=epochs, batch_size=batch_size, n_bits=n_bits),
+                 budget=dict(CLASSIFIER_DEFAULTS, profile=profile, width=width, epochs=epochs, batch_size=batch_size,
+                             n_bits=n_bits, **budget),
                  data=dict(x_train=ds.x_train[:n_train], y_train=ds.y_train[:n_train], x_att=ds.x_train[n_train:],
                            y_att=ds.y_train[n_train:], x_test=ds.x_test, y_test=ds.y_test))
 
 
 def image_setup(profile: str, seed: int, device, size: int, n_owner: int, n_attacker: int, n_test: int,
-                m_epochs: float, stage1_epochs: float) -> Setup:
-    """Deraining pairs from disjoint photos: the owner's, the attacker's and the test photos'."""
-    budget = dict(profile=profile, size=size, n_owner=n_owner, n_attacker=n_attacker, n_test=n_test,
-                  m_epochs=m_epochs, stage1_epochs=stage1_epochs)
+                m_epochs: float, stage1_epochs: float, **budget) -> Setup:
+    """Deraining pairs from disjoint photos: the owner's, the attacker's and the test photos'.
+    BUDGET: what IMAGE_DEFAULTS names, where it differs."""
+    budget = dict(IMAGE_DEFAULTS, profile=profile, size=size, n_owner=n_owner, n_attacker=n_attacker, n_test=n_test,
+                  m_epochs=m_epochs, stage1_epochs=stage1_epochs, **budget)
     icfg = image_config(Setup(seed, torch.device(device), budget))
+    ip.watermark_image(icfg.watermark, icfg.size, icfg.seed)  # the logo file is checked before any training
     owner_photos, attacker_photos = ip.split_photos(data.photos("train"))
     pairs = dict(own=ip.make_pairs(owner_photos, n_owner, size, seed, icfg.rain, device),
                  att=ip.make_pairs(attacker_photos, n_attacker, size, seed + 1, icfg.rain, device),
@@ -61,7 +72,8 @@ def image_config(setup: Setup) -> ip.Config:
     b = setup.budget
     return ip.Config.from_profile(b["profile"], seed=setup.seed, size=b["size"], n_owner=b["n_owner"],
                                   n_attacker=b["n_attacker"], n_test=b["n_test"], m_epochs=b["m_epochs"],
-                                  stage1_epochs=b["stage1_epochs"])
+                                  stage1_epochs=b["stage1_epochs"], stage2_epochs=b["stage2_epochs"],
+                                  ss_bits=(b["ss_bits"],))
 
 
 def train_service(setup: Setup) -> tuple[torch.nn.Module, ip.Config]:
@@ -79,12 +91,40 @@ def outputs(suspect, setup: Setup) -> torch.Tensor:
     return ip.deliver(ip.apply(suspect, setup.data["test"].a))
 
 
+OVERWRITE = 7
+"""Seed offset of a thief's overwriting mark."""
+
+
 class ServiceMethod(Method):
-    """What the image-service methods share: their kind, and utility as the PSNR of the delivered
-    test outputs against the clean ground truth."""
+    """What the image-service methods share: their kind, their twin (the unmarked deraining
+    model M), utility as the PSNR of the delivered test outputs against the clean ground truth,
+    fidelity as the PSNR of the marked outputs against M's, and the overwrite attack: the thief
+    stamps its own additive spread-spectrum mark on every output it resells, at a given PSNR
+    (what a thief without the owner's embedder can cheaply do to claim the outputs as its own)."""
 
     kind = "image-service"
     unit = "PSNR (dB)"
+    twin_recipe, twin_model = "deraining", "unet"
+    own_attacks = {"overwrite": "PSNR of the thief's mark (dB)"}
+
+    def train_twin(self, setup: Setup) -> torch.nn.Module:
+        return train_service(setup)[0]
 
     def utility(self, suspect, setup: Setup) -> float:
         return ip.image_quality(outputs(suspect, setup), setup.data["test"].clean)["psnr"]
+
+    def fidelity(self, trained, setup: Setup) -> dict[str, float]:
+        return ip.image_quality(outputs(trained.marked, setup), outputs(trained.twin, setup))
+
+    def own_grid(self, attack: str, setup: Setup) -> list:
+        if attack == "overwrite":
+            return list(setup.budget["overwrite_psnr"])
+        raise ValueError(f"{self.name} has no attack {attack!r}")
+
+    def attack(self, attack: str, strength, suspect, trained, setup: Setup):
+        if attack != "overwrite":
+            return super().attack(attack, strength, suspect, trained, setup)
+        ss = ip.SpreadSpectrum.create(setup.budget["ss_bits"], setup.budget["size"], strength,
+                                      setup.seed + OVERWRITE)
+        out = ss.embed(outputs(suspect, setup))
+        return out, {"bit_acc": ss.bit_accuracy(out)}

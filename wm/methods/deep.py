@@ -1,30 +1,75 @@
 """Zhang et al.'s deep watermark for image-processing services (AAAI 2020), behind the method
 interface: an embedding net H hides the logo δ in every output of the deraining model M, and an
 extractor R recovers it. The marked model is the service M∘H (δ fixed); its twin is M alone.
-Score: the mean centred NC between R's outputs and δ over the delivered outputs (continuous; the
-paper's success rate, the share of outputs with NC ≥ τ, is a threshold on the same numbers)."""
+
+Score: the mean centred NC between R's outputs and δ over the delivered outputs (continuous).
+Verified where R succeeds (centred NC ≥ τ) on at least `sr_threshold` of the outputs, the
+paper's success rate: the owner can then show the logo in most outputs it queries.
+Own attacks: overwrite (ServiceMethod), and piracy: the thief trains a deep watermark of its own
+(H′ and R′ with the image study's recipe and the owner's stage-1 budget, its own QR-like δ′) on
+the service's outputs for its inputs, and resells H′(service output); the owner's R must still
+find the owner's logo under the thief's.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 from wm import image_processing as ip
 from wm.methods import Setup, Trained, register
-from wm.methods._setups import ServiceMethod, outputs, train_service
+from wm.methods._setups import ServiceMethod, image_config, outputs
+
+PIRATE, DEFENDER = 1000, 99
+"""Seed offsets: the thief's mark; the defender's own surrogate in stage 2."""
 
 
 class Deep(ServiceMethod):
     name = "deep"
     label = "deep watermark (Zhang et al.)"
+    model = "unet_h"
+    rule = "R finds the logo (centred NC ≥ τ) in at least sr_threshold of the outputs"
+    own_attacks = {**ServiceMethod.own_attacks, "piracy": "epochs of the thief's stage 1"}
+    not_applicable = {"distill": "soft-label distillation needs class probabilities; the image service's "
+                                 "black-box counterpart is the surrogate"}
 
-    def train(self, setup: Setup) -> Trained:
-        m_net, icfg = train_service(setup)
-        own = setup.data["own"]
+    def mark(self, setup: Setup, twin):
+        icfg, own = image_config(setup), setup.data["own"]
+        b_own = ip.deliver(ip.apply(twin, own.a))
         wmk = ip.new_watermark(icfg, setup.device)
-        ip.train_stage1(icfg, wmk, own.a, ip.deliver(ip.apply(m_net, own.a)), seed=setup.seed)
-        return Trained(ip.Service(m_net, wmk.h, wmk.delta).eval(), m_net, (wmk, icfg.tau))
+        ip.train_stage1(icfg, wmk, own.a, b_own, seed=setup.seed)
+        if setup.budget["stage2"]:  # R fine-tuned on the defender's own surrogate of the marked service
+            bw_own = wmk.embed(b_own)
+            defender, _ = ip.train_surrogate(icfg, icfg.defender_sm, "l2", own.a, bw_own, seed=setup.seed + DEFENDER)
+            ip.train_stage2(icfg, wmk, own.a, b_own, bw_own, ip.deliver(ip.apply(defender, own.a)), seed=setup.seed)
+        return ip.Service(twin, wmk.h, wmk.delta).eval(), wmk
 
-    def score(self, suspect, secret, setup: Setup) -> float:
-        wmk, tau = secret
-        return float(ip.verify(wmk, outputs(suspect, setup), tau).nc.mean())
+    def detect(self, suspect, secret, setup: Setup) -> dict[str, float]:
+        e = ip.verify(secret, outputs(suspect, setup), image_config(setup).tau)
+        return {"score": float(e.nc.mean()), "success_rate": e.success_rate,
+                "verified": float(e.success_rate >= setup.budget["sr_threshold"])}
+
+    def own_grid(self, attack: str, setup: Setup) -> list:
+        if attack == "piracy":  # the thief's stage 1, at the owner's budget
+            return [setup.budget["stage1_epochs"]]
+        return super().own_grid(attack, setup)
+
+    def attack(self, attack: str, strength, suspect, trained: Trained, setup: Setup):
+        if attack != "piracy":
+            return super().attack(attack, strength, suspect, trained, setup)
+        thief = self.thief_mark(suspect, setup, strength)
+        out = thief.embed(outputs(suspect, setup))
+        return out, self.detect(out, thief, setup)
+
+    def thief_mark(self, net, setup: Setup, epochs: float) -> ip.DeepWatermark:
+        """The thief's H′ and R′ (its own QR-like δ′) trained for EPOCHS of stage 1 on NET's
+        delivered outputs for the first n_owner of the attacker's inputs: the owner's data
+        budget, on the thief's data."""
+        seed = setup.seed + PIRATE
+        tcfg = dataclasses.replace(image_config(setup), seed=seed, watermark="qr", stage1_epochs=epochs)
+        a = setup.data["att"].a[:setup.budget["n_owner"]]
+        thief = ip.new_watermark(tcfg, a.device)
+        ip.train_stage1(tcfg, thief, a, ip.deliver(ip.apply(net, a)), seed=seed)
+        return thief
 
 
 register(Deep)

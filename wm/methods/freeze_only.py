@@ -8,6 +8,7 @@ from wm.methods._keyed import KeyedWeights
 class FreezeOnly(KeyedWeights):
     name = "freeze_only"
     label = "freeze-only (WaterMAS without sharpness)"
+    baseline_of = "watermas"
 
 
 register(FreezeOnly)

@@ -8,6 +8,7 @@ from wm.methods._keyed import KeyedWeights
 class Tart(KeyedWeights):
     name = "tart"
     label = "TART (Tartaglione et al.)"
+    baseline_of = "watermas"
 
 
 register(Tart)

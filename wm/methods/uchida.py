@@ -5,15 +5,25 @@ from __future__ import annotations
 
 from wm import watermas as wmas
 from wm.methods import register
-from wm.methods._keyed import KeyedWeights
+from wm.methods._keyed import PIRATE, KeyedWeights
+from wm.methods._setups import wmas_config
 
 
 class Uchida(KeyedWeights):
     name = "uchida"
     label = "Uchida et al."
+    baseline_of = "watermas"
+    own_attacks = {"piracy": "epochs of the thief's embedding"}
+    not_applicable = {"overwrite": "the bits are read through a projection of a layer's mean kernel, not "
+                                   "from keyed weights: there is no weight to overwrite (a thief's own "
+                                   "projection is its piracy row)"}
 
-    def score(self, suspect, secret, setup) -> float:
-        return 1.0 - wmas.uchida_ber(suspect, secret)
+    def ber(self, suspect, key) -> float:
+        return wmas.uchida_ber(suspect, key)
+
+    def thief_key(self, model, setup):
+        # the owner's payload (the study's uchida_bits), the thief's own projection and bits
+        return wmas.draw_uchida_key(model, wmas_config(setup).uchida_bits, seed=setup.seed + PIRATE)
 
 
 register(Uchida)
