@@ -9,8 +9,9 @@ from torch import nn
 
 from wm import data
 from wm.models import SmallCNN, resnet18
+from wm.keys import _subseed
 from wm.train import TrainConfig, fit, seed_everything
-from wm.watermas import (MODELS, Config, FreezeHook, Key, SharpnessHook, TartHook, UchidaHook, UchidaKey, _subseed,
+from wm.watermas import (MODELS, Config, FreezeHook, Key, SharpnessHook, TartHook, UchidaHook, UchidaKey,
                          ber, build_model, default_uchida_layer, draw_key, draw_uchida_key, eligible_weights,
                          embed_values, extract, make_hooks, sharpness, train, uchida_ber)
 

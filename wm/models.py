@@ -17,18 +17,13 @@ Two families:
   ``model.head = model.fc`` would register the same layer twice in the
   state dict, and assigning a new ``head`` would silently leave ``fc`` in use.
 
-* Image-to-image networks (``UNet``, ``ResNetI2I``) for watermark embedding,
-  removal and restoration tasks (e.g. deraining), optionally residual
-  (output = input + learned correction).
-
-* Segmentation (``SegmentationNet``: DeepLabV3, MobileNetV3 backbone), returning its logit map
-  so that the training loop treats it like a classifier.
+* Image-to-image networks (``UNet``, ``ResNetI2I``) and the segmentation network live in
+  ``wm.image_models`` (the registry below still builds them by name).
 
 All models are created with random weights: pretrained downloads are
 impossible in the study's offline environment, and ImageNet weights would not
 fit the adapted first layers anyway.
 """
-
 from __future__ import annotations
 
 from types import MappingProxyType
@@ -38,68 +33,9 @@ import torch
 import torchvision
 from torch import nn
 
-# ----------------------------------------------------------------------------- helpers
-
-
-def _norm2d(kind: str, channels: int) -> nn.Module:
-    """Normalisation layer by name: "batch", "instance" or "none"."""
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "instance":
-        # affine=True so that the layer can still learn a per-channel scale
-        # and shift, like BatchNorm; running stats are not tracked, so train
-        # and eval behave identically.
-        return nn.InstanceNorm2d(channels, affine=True)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"unknown norm {kind!r}; expected 'batch', 'instance' or 'none'")
-
-
-def _check_choice(value: str, allowed: tuple[str, ...], what: str) -> None:
-    if value not in allowed:
-        raise ValueError(f"{what} must be one of {allowed}; got {value!r}")
-
-
-def _conv_norm_relu(c_in: int, c_out: int, norm: str, padding_mode: str = "zeros") -> nn.Sequential:
-    """3x3 conv (same padding) + norm + ReLU.
-
-    The conv has a bias only without normalisation: a bias followed by a
-    normalisation layer is cancelled by its mean subtraction.
-    """
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=(norm == "none"), padding_mode=padding_mode),
-        _norm2d(norm, c_out),
-        nn.ReLU(inplace=True),
-    )
-
-
-def _init_relu_convs(module: nn.Module) -> None:
-    """He (Kaiming) normal init for every conv, zero biases.
-
-    PyTorch's default conv init (uniform, a=sqrt(5)) shrinks activations at
-    every layer; without normalisation layers that slows early training
-    noticeably, so the BN-free variants would be handicapped against the BN
-    ones. He init keeps activation variance roughly constant through ReLUs.
-    """
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
-def _stem_conv(in_channels: int, out_channels: int, bias: bool) -> nn.Conv2d:
-    """3x3, stride-1 replacement for a torchvision first conv.
-
-    Initialised like torchvision initialises these architectures' convs
-    (Kaiming normal, fan_out), so the replaced layer is not the odd one out.
-    """
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=bias)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
-    return conv
-
+# the image-to-image networks moved to wm.image_models; the registry below and old imports still find them here
+from wm.image_models import ResNetI2I, SegmentationNet, UNet  # noqa: F401
+from wm.layers import _check_choice, _conv_norm_relu, _init_relu_convs, _stem_conv
 
 # ----------------------------------------------------------------------------- classifiers
 
@@ -291,193 +227,6 @@ def mobilenet_v3_small(in_channels: int = 1, num_classes: int = 10) -> HeadedCla
     return HeadedClassifier(backbone, head)
 
 
-# ----------------------------------------------------------------------------- image-to-image
-
-
-def _check_residual(in_channels: int, out_channels: int, residual: bool) -> None:
-    if residual and out_channels > in_channels:
-        raise ValueError(
-            f"residual=True adds the first out_channels={out_channels} input channels to the output, "
-            f"but the input has only in_channels={in_channels}"
-        )
-
-
-class _Up(nn.Module):
-    """Bilinear x2 up-sampling + 3x3 conv, concatenation with the skip, double conv.
-
-    Bilinear + conv instead of a transposed conv: transposed convs produce
-    checkerboard artifacts (Odena et al., 2016), a periodic high-frequency
-    pattern that in a watermarking study is indistinguishable from, and would
-    contaminate, an embedded signal.
-    """
-
-    def __init__(self, c_in: int, c_out: int, norm: str) -> None:
-        super().__init__()
-        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
-        self.reduce = _conv_norm_relu(c_in, c_out, norm)
-        self.block = nn.Sequential(_conv_norm_relu(2 * c_out, c_out, norm), _conv_norm_relu(c_out, c_out, norm))
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = self.reduce(self.up(x))
-        return self.block(torch.cat([x, skip], dim=1))
-
-
-class UNet(nn.Module):
-    """U-Net for image-to-image tasks.
-
-    * ``depth`` down/up levels; level ``i`` has ``width * 2**i`` channels
-      (width 32, depth 3: 32, 64, 128, 256 at the bottleneck).
-    * Each block: two (3x3 conv + norm + ReLU).
-    * Down-sampling: 2x2 max-pool (parameter-free, as in the original U-Net).
-    * Up-sampling: bilinear x2 + 3x3 conv (no checkerboard artifacts), then
-      concatenation with the encoder feature map of the same size.
-    * Output: a 1x1 conv ``self.final`` with no activation; the caller decides
-      whether to clamp to the image range.
-    * ``norm``: ``"batch"`` (default), ``"instance"`` or ``"none"``. BatchNorm
-      by default because InstanceNorm normalises away each image's mean and
-      contrast, information an embedding or restoration network must
-      reproduce exactly; the studies train with batches of 8 or more, where
-      BatchNorm statistics are stable.
-    * ``residual=True``: the output is ``final(...) + x[:, :out_channels]``,
-      so the network learns a correction (rain streaks to remove, an
-      invisible watermark residual to add); with ``final`` zero-initialised it
-      starts as the identity.
-
-    Inputs must have H and W divisible by ``2**depth`` (ValueError otherwise),
-    so that every up-sampled map matches its skip connection exactly.
-    """
-
-    def __init__(
-        self,
-        in_channels: int = 3,
-        out_channels: int = 3,
-        width: int = 32,
-        depth: int = 3,
-        residual: bool = False,
-        norm: str = "batch",
-    ) -> None:
-        super().__init__()
-        if depth < 1:
-            raise ValueError(f"UNet depth must be >= 1; got {depth}")
-        _check_residual(in_channels, out_channels, residual)
-        _check_choice(norm, ("batch", "instance", "none"), "UNet norm")
-        self.depth = depth
-        self.residual = residual
-        self.out_channels = out_channels
-        chs = [width * 2**i for i in range(depth + 1)]
-        self.inc = nn.Sequential(_conv_norm_relu(in_channels, chs[0], norm), _conv_norm_relu(chs[0], chs[0], norm))
-        self.pool = nn.MaxPool2d(2)
-        self.downs = nn.ModuleList(
-            nn.Sequential(_conv_norm_relu(chs[i], chs[i + 1], norm), _conv_norm_relu(chs[i + 1], chs[i + 1], norm))
-            for i in range(depth)
-        )
-        # ups[0] goes from the bottleneck (level depth) to level depth - 1.
-        self.ups = nn.ModuleList(_Up(chs[i + 1], chs[i], norm) for i in reversed(range(depth)))
-        self.final = nn.Conv2d(chs[0], out_channels, kernel_size=1)
-        _init_relu_convs(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        factor = 2**self.depth
-        if h % factor or w % factor:
-            raise ValueError(
-                f"UNet with depth={self.depth} needs H and W divisible by {factor}; got {h}x{w} "
-                "(pad or crop the input)"
-            )
-        skips = [self.inc(x)]
-        for down in self.downs:
-            skips.append(down(self.pool(skips[-1])))
-        y = skips.pop()
-        for up in self.ups:
-            y = up(y, skips.pop())
-        out = self.final(y)
-        if self.residual:
-            out = out + x[:, : self.out_channels]
-        return out
-
-
-class _ResBlock(nn.Module):
-    """pix2pix ResNet block: x + (conv-norm-ReLU-conv-norm)(x), reflect padding."""
-
-    def __init__(self, channels: int, norm: str) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            _conv_norm_relu(channels, channels, norm, padding_mode="reflect"),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=(norm == "none"), padding_mode="reflect"),
-            _norm2d(norm, channels),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
-class ResNetI2I(nn.Module):
-    """Residual image-to-image network in the style of pix2pix's ResNet generator.
-
-    Layout: 7x7 conv (in -> width) + norm + ReLU, ``n_blocks`` residual
-    blocks of width ``width``, 7x7 conv ``self.final`` (width -> out), no
-    output activation (pix2pix uses tanh for [-1, 1] images; the studies use
-    [0, 1] images and residual outputs, so clamping is left to the caller).
-    ResNet-9 is ``n_blocks=9``, ResNet-16 ``n_blocks=16``.
-
-    ``n_down`` stride-2 3x3 convs (width doubling each time) come after the
-    stem and as many 3x3 stride-2 transposed convs (halving it) before the
-    final conv: ``n_down=2`` is pix2pix's ``resnet_9blocks`` /
-    ``resnet_16blocks`` layout exactly (blocks at 4x width, quarter
-    resolution; H and W must be multiples of 4). ``n_down=0`` (the default)
-    runs everything at FULL resolution, with a receptive field of
-    7 + 4 * n_blocks + 6 pixels (49 px for ResNet-9) and no divisibility
-    constraint. Convolutions use reflect padding as in pix2pix, which needs
-    H, W >= 4.
-
-    ``norm`` and ``residual`` behave as in ``UNet``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int = 3,
-        out_channels: int = 3,
-        width: int = 64,
-        n_blocks: int = 9,
-        residual: bool = False,
-        norm: str = "batch",
-        n_down: int = 0,
-    ) -> None:
-        super().__init__()
-        _check_residual(in_channels, out_channels, residual)
-        _check_choice(norm, ("batch", "instance", "none"), "ResNetI2I norm")
-        if not isinstance(n_down, int) or n_down < 0:
-            raise ValueError(f"ResNetI2I n_down must be an integer >= 0, got {n_down!r}")
-        self.residual = residual
-        self.out_channels = out_channels
-        bias = norm == "none"
-        layers = [
-            nn.Conv2d(in_channels, width, 7, padding=3, bias=bias, padding_mode="reflect"),
-            _norm2d(norm, width),
-            nn.ReLU(inplace=True),
-        ]
-        for i in range(n_down):
-            c = width * 2**i
-            layers += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=bias), _norm2d(norm, 2 * c), nn.ReLU(inplace=True)]
-        self.stem = nn.Sequential(*layers)
-        inner = width * 2**n_down
-        self.blocks = nn.Sequential(*(_ResBlock(inner, norm) for _ in range(n_blocks)))
-        up = []
-        for i in reversed(range(n_down)):
-            c = width * 2 ** (i + 1)
-            up += [nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
-                   _norm2d(norm, c // 2), nn.ReLU(inplace=True)]
-        self.up = nn.Sequential(*up)
-        self.final = nn.Conv2d(width, out_channels, 7, padding=3, padding_mode="reflect")
-        _init_relu_convs(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.final(self.up(self.blocks(self.stem(x))))
-        if self.residual:
-            out = out + x[:, : self.out_channels]
-        return out
-
-
 # ----------------------------------------------------------------------------- registry
 
 
@@ -492,20 +241,6 @@ def swin_t(in_channels: int = 1, num_classes: int = 10) -> HeadedClassifier:
     net.features[0][0] = nn.Conv2d(in_channels, 96, kernel_size=2, stride=2)
     backbone = nn.Sequential(net.features, net.norm, net.permute, net.avgpool, net.flatten)
     return HeadedClassifier(backbone, net.head)
-
-
-class SegmentationNet(nn.Module):
-    """torchvision's DeepLabV3 with a MobileNetV3-Large backbone, randomly initialised (no
-    pretrained weights can be downloaded here), returning the logit map itself so that wm.train
-    and the hooks treat it like any classifier: cross-entropy over pixels, IGNORE_INDEX skipped."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        self.net = torchvision.models.segmentation.deeplabv3_mobilenet_v3_large(
-            weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)["out"]
 
 
 _REGISTRY: Mapping[str, Callable[..., nn.Module]] = MappingProxyType(
