@@ -4,6 +4,7 @@ knob a profile sets is a notebook parameter (so that every profile can be shrunk
 import ast
 import dataclasses
 import importlib
+import importlib.util
 import json
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from wm import module_name, runner
 from wm.config import MAX_SEED, StudyConfig, param
 
-STUDIES = ["null_embedding", "watermas", "image_processing", "attack_suite", "quickstart"]
+STUDIES = [s for s in runner.studies() if importlib.util.find_spec(module_name(s))]  # the chapters with a Config
 
 
 def _config(study):
@@ -121,3 +122,14 @@ def test_every_profile_knob_is_a_notebook_parameter_passed_to_the_config(study):
     assert knobs <= params, f"{study}: profile knobs that are not notebook parameters: {sorted(knobs - params)}"
     assert params - {"profile"} == passed, f"{study}: parameters not passed on: {sorted(params - {'profile'} - passed)}"
     assert passed <= {f.name for f in dataclasses.fields(config)}
+
+
+def test_the_chapter_list_comes_from_the_toc_and_covers_every_notebook():
+    """runner.studies() reads _toc.yml: a notebook left out of the book, or a chapter without its
+    notebook, would silently drop out of `python -m wm book`."""
+    from wm import STUDIES as TABLE_STUDIES
+    from wm.results import EXAMPLE_STUDY
+    on_disk = {p.stem for p in runner.NOTEBOOKS.glob("*.ipynb")}
+    assert set(runner.studies()) == on_disk
+    assert set(TABLE_STUDIES) | {EXAMPLE_STUDY} == set(STUDIES)  # every chapter with a Config writes a table
+    assert runner.studies()[-1] == "comparison"  # it reads the others' tables

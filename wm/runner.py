@@ -45,10 +45,22 @@ class UsageError(Exception):
 # What a notebook accepts (standard library only)
 # ---------------------------------------------------------------------------------------------
 
+def chapters() -> list[str]:
+    """The book's chapters in _toc.yml order (root first), by file stem."""
+    import yaml
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    out = [Path(toc["root"]).stem]
+    for part in toc.get("parts", []):
+        out += [Path(c["file"]).stem for c in part.get("chapters", [])]
+    return out
+
+
 def studies() -> list[str]:
-    """The notebooks in notebooks/, by name, in the order to execute them: the comparison reads
-    the studies' tables, so it comes last."""
-    return sorted((p.stem for p in NOTEBOOKS.glob("*.ipynb")), key=lambda s: (s == "comparison", s))
+    """The executable chapters: those of _toc.yml with a notebook in notebooks/, in the order to
+    execute them. A notebook without a wm module of its own (the comparison) only reads the
+    others' tables, so it comes last."""
+    names = [c for c in chapters() if (NOTEBOOKS / f"{c}.ipynb").is_file()]
+    return sorted(names, key=lambda s: importlib.util.find_spec(module_name(s)) is None)
 
 
 def notebook_path(study: str) -> Path:
