@@ -1,0 +1,45 @@
+"""wm.verdicts: every rule is fed a table where the claim is false and must say so."""
+
+import pandas as pd
+
+from wm import verdicts
+
+
+def _pairs(diffs_by_strength):
+    rows = []
+    for strength, diffs in diffs_by_strength.items():
+        for seed, d in enumerate(diffs):
+            rows.append({"strength": strength, "seed": seed, "method_score": 0.5 + d, "ablation_score": 0.5})
+    return pd.DataFrame(rows)
+
+
+def test_beats_ablation_holds_only_with_a_significant_margin():
+    assert verdicts.beats_ablation(_pairs({"0.5": [0.20, 0.22, 0.18], "0.9": [0.0, 0.01, -0.01]})).level is True
+    # false claims: equal at every strength (WaterMAS = freeze-only), or better on one seed only
+    equal = verdicts.beats_ablation(_pairs({"0.5": [0.0, 0.0, 0.0], "0.9": [0.01, -0.01, 0.0]}))
+    assert equal.level is False and "no strength" in equal.found
+    assert verdicts.beats_ablation(_pairs({"0.5": [0.3]})).level is False  # one seed: nothing is significant
+    assert verdicts.beats_ablation(_pairs({"0.5": [0.3, -0.2, 0.25]})).level is False  # noise, not a margin
+    mixed = verdicts.beats_ablation(_pairs({"0.5": [0.2, 0.21, 0.19], "0.9": [-0.2, -0.21, -0.19]}))
+    assert mixed.level == "partly"
+    assert "Rule:" in equal.text() and "Does not hold" in equal.text()
+
+
+def test_a_pirate_is_resisted_only_where_the_owner_still_verifies():
+    ok = pd.DataFrame({"owner_verified": [1, 1, 1], "pirate_verified": [0, 1, 0], "cost": [0.5, 9.0, 0.2]})
+    assert verdicts.pirate_resisted(ok, cheap=2).level is True  # the one pirate that verified paid 9 points
+    # the claim is false: the pirate's mark fails, but so does the owner's (λ = 200 and 2000 in the study)
+    both_fail = pd.DataFrame({"owner_verified": [0, 0, 0], "pirate_verified": [0, 0, 0], "cost": [0.1, 0.1, 0.1]})
+    v = verdicts.pirate_resisted(both_fail, cheap=2)
+    assert v.level is False and "failed on 3" in v.found
+    cheap_pirate = pd.DataFrame({"owner_verified": [1, 1], "pirate_verified": [1, 1], "cost": [0.3, 0.1]})
+    assert verdicts.pirate_resisted(cheap_pirate, cheap=2).level is False
+    some = pd.DataFrame({"owner_verified": [1, 0], "pirate_verified": [0, 0], "cost": [0.3, 0.1]})
+    assert verdicts.pirate_resisted(some, cheap=2).level == "partly"
+
+
+def test_a_baseline_that_does_not_decode_unattacked_makes_the_comparison_not_testable():
+    assert verdicts.baseline_decodes([1, 1, 1]).level is True
+    v = verdicts.baseline_decodes([0, 0, 1])  # the spread-spectrum baseline at 32×32: 0.87 / 0.76 / 0.67 bits
+    assert v.level == "not testable" and "1 of 3" in v.found
+    assert verdicts.baseline_decodes([]).level == "not testable"
