@@ -15,8 +15,9 @@ what is this module's own choice:
   blocks with dilations 2,…,4,…,1 and affine InstanceNorm, ×2 up-sampling), narrower and shorter;
   a Sigmoid output where the code ends in ReLU (targets are images in [0, 1]). D: the code's
   PatchGAN (3×3 stride-2 convs, InstanceNorm, LeakyReLU 0.2), trained as an LSGAN.
-* Loss weights: the official code's (1e4 × every MSE term, 0.01 × the LSGAN generator term,
-  perceptual weight 0), not the paper's λ's (all 1, λ3 = 0.01): in the paper's form the
+* Loss weights: the official code's (1e4 × every MSE term of R, 0.01 × the LSGAN generator term,
+  perceptual weight 0) except H's invisibility term MSE(B′, B), weighted 3e5 (30× the code's 1e4:
+  see Config.w_basic), not the paper's λ's (all 1, λ3 = 0.01): in the paper's form the
   adversarial term would weigh 10⁴ times more. The clean loss covers both A and B, the
   consistency term compares R's outputs across the two halves of a batch (as in the code).
 * Stage 2: only R is fine-tuned, on B′ and the defender's own surrogate's outputs (→ δ) and on A
