@@ -17,7 +17,7 @@ from wm import ROOT, STUDIES, attacks, metrics, report, results, suite
 from wm import image_processing as ip
 from wm import watermas as wmas
 from wm.methods import REGISTRY, Setup
-from wm.methods._setups import CLASSIFIER_DEFAULTS, IMAGE_DEFAULTS, image_config, ne_config, wmas_config
+from wm.methods._setups import _suite_defaults, image_config, ne_config, wmas_config
 from wm.models import SmallCNN
 from wm.results import Results, attacks_vocabulary
 from wm.train import seed_everything
@@ -116,7 +116,7 @@ class _ConstantR(nn.Module):
 
 
 def _image_setup(size=16, **budget):
-    b = dict(IMAGE_DEFAULTS, profile="smoke", size=size, n_owner=24, n_attacker=24, n_test=10, m_epochs=1,
+    b = dict(_suite_defaults("image"), profile="smoke", size=size, n_owner=24, n_attacker=24, n_test=10, m_epochs=1,
              stage1_epochs=1, **budget)
     return Setup(0, torch.device("cpu"), b)
 
@@ -137,7 +137,7 @@ def test_deep_survival_rule(k, verified):
 
 
 def _classifier_setup(x, y, **budget):
-    b = dict(CLASSIFIER_DEFAULTS, profile="smoke", width=4, epochs=1, batch_size=32, n_bits=32, **budget)
+    b = dict(_suite_defaults("classifier"), profile="smoke", width=4, epochs=1, batch_size=32, n_bits=32, **budget)
     return Setup(0, torch.device("cpu"), b, dict(x_train=x, y_train=y, x_att=x, y_att=y, x_test=x, y_test=y))
 
 

@@ -17,21 +17,27 @@ from wm import watermas as wmas
 from wm.methods import Method, Setup
 
 
-# What the methods read from a Setup's budget beyond the sizes, and their defaults: the decision
-# rules' thresholds and the own attacks' strengths (a suite's Config passes its own).
-CLASSIFIER_DEFAULTS = dict(ber_fpr=1e-6, piracy_epochs=(1, 2), piracy_lr=0.01)
-IMAGE_DEFAULTS = dict(sr_threshold=0.5, ber_fpr=1e-6, stage2=False, stage2_epochs=6, overwrite_psnr=(40.0, 35.0, 30.0),
-                      ss_bits=64)
+# What the methods read from a Setup's budget beyond sizes: the decision rules' thresholds and the
+# own attacks' strengths. Their one home is the attack suite's Config (wm.suite); a Setup built
+# without them takes that Config's defaults.
+EXTRA = {"classifier": ("ber_fpr", "piracy_epochs", "piracy_lr"),
+         "image": ("sr_threshold", "ber_fpr", "stage2", "stage2_epochs", "overwrite_psnr", "ss_bits")}
+
+
+def _suite_defaults(kind: str) -> dict:
+    from wm.suite import Config  # imported here: wm.suite imports this module
+    budget = Config().budget("image-service" if kind == "image" else "classifier-white")
+    return {k: budget[k] for k in EXTRA[kind]}
 
 
 def classifier_setup(profile: str, seed: int, device, n_train: int, n_attacker: int, n_test: int,
                      width: int, epochs: float, batch_size: int, n_bits: int, **budget) -> Setup:
     """Fashion-MNIST: the owner's N_TRAIN images, the attacker's disjoint N_ATTACKER, N_TEST held
-    out. BUDGET: what CLASSIFIER_DEFAULTS names, where it differs."""
+    out. BUDGET: what EXTRA names, where it differs from the suite Config's defaults."""
     ds = data.load_classification("fashion_mnist", n_train=n_train + n_attacker, n_test=n_test, seed=seed,
                                   device=device)
     return Setup(seed, torch.device(device),
-                 budget=dict(CLASSIFIER_DEFAULTS, profile=profile, width=width, epochs=epochs, batch_size=batch_size,
+                 budget=dict(_suite_defaults("classifier"), profile=profile, width=width, epochs=epochs, batch_size=batch_size,
                              n_bits=n_bits, **budget),
                  data=dict(x_train=ds.x_train[:n_train], y_train=ds.y_train[:n_train], x_att=ds.x_train[n_train:],
                            y_att=ds.y_train[n_train:], x_test=ds.x_test, y_test=ds.y_test))
@@ -40,8 +46,8 @@ def classifier_setup(profile: str, seed: int, device, n_train: int, n_attacker: 
 def image_setup(profile: str, seed: int, device, size: int, n_owner: int, n_attacker: int, n_test: int,
                 m_epochs: float, stage1_epochs: float, **budget) -> Setup:
     """Deraining pairs from disjoint photos: the owner's, the attacker's and the test photos'.
-    BUDGET: what IMAGE_DEFAULTS names, where it differs."""
-    budget = dict(IMAGE_DEFAULTS, profile=profile, size=size, n_owner=n_owner, n_attacker=n_attacker, n_test=n_test,
+    BUDGET: what EXTRA names, where it differs from the suite Config's defaults."""
+    budget = dict(_suite_defaults("image"), profile=profile, size=size, n_owner=n_owner, n_attacker=n_attacker, n_test=n_test,
                   m_epochs=m_epochs, stage1_epochs=stage1_epochs, **budget)
     icfg = image_config(Setup(seed, torch.device(device), budget))
     ip.watermark_image(icfg.watermark, icfg.size, icfg.seed)  # the logo file is checked before any training
