@@ -1,4 +1,4 @@
-"""wm.decisions: thresholds from null populations, TPR at a fixed FPR, its Clopper–Pearson bound,
+"""wm.metrics' decisions: thresholds from null populations, TPR at a fixed FPR, its Clopper–Pearson bound,
 ROC AUC and the binomial tail, checked against cases worked by hand and against scipy/brute force."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from wm import decisions as dec
+from wm import metrics as dec
 
 
 def test_clopper_pearson_zero_of_n_is_the_rule_of_three_bound():

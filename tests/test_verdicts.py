@@ -1,8 +1,8 @@
-"""wm.verdicts: every rule is fed a table where the claim is false and must say so."""
+"""wm.report's verdict rules: every rule is fed a table where the claim is false and must say so."""
 
 import pandas as pd
 
-from wm import verdicts
+from wm import report as verdicts
 
 
 def _pairs(diffs_by_strength):
