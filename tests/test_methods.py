@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from wm import metrics, nulls
 from wm.methods import KINDS, REGISTRY, Method, Setup, register
 from wm.methods._setups import classifier_setup, image_setup
 
@@ -45,13 +46,50 @@ def test_a_bad_kind_or_a_second_method_of_one_name_is_refused():
         register(Again)
 
 
+@pytest.fixture(scope="module")
+def trained(setups):
+    """Each method trained once (lazily) for the tests below."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            method = REGISTRY[name]
+            cache[name] = method.train(setups[method.kind])
+        return cache[name]
+    return get
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
-def test_marked_scores_above_its_twin(setups, name):
+def test_marked_scores_above_its_twin(setups, trained, name):
     method = REGISTRY[name]
     setup = setups[method.kind]
-    trained = method.train(setup)
+    trained = trained(name)
     marked, twin = method.score(trained.marked, trained.secret, setup), method.score(trained.twin, trained.secret, setup)
     assert marked > twin + 0.1, f"{name}: marked {marked:.3f} vs twin {twin:.3f}"
     for model in (trained.marked, trained.twin):
         u = method.utility(model, setup)
         assert math.isfinite(u) and (u > 0.3 if method.unit == "test accuracy" else u > 15), (name, u)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_wrong_keys_score_below_the_owners(setups, trained, name):
+    """The key null population: random secrets read the marked model like an unrelated one (at
+    most 1 in 10 reaches the owner's own score), and the near misses are there and scored."""
+    method, setup = REGISTRY[name], setups[REGISTRY[name].kind]
+    t = trained(name)
+    pop = nulls.key_population(method, t, setup, n=50, seed=123)
+    owner = method.score(t.marked, t.secret, setup)
+    rand = pop[pop.case == "random"]
+    assert len(rand) == 50 and pop.score.notna().all()
+    assert (rand.score >= owner).mean() <= 0.1, f"{name}: owner {owner:.3f}, random up to {rand.score.max():.3f}"
+    assert pop.case.str.startswith("near-miss").any(), name
+    d = metrics.tpr_at_fpr([owner], rand.score, 0.1)
+    assert d.tpr == 1.0 and d.n_null == 50
+
+
+def test_independent_unmarked_models_form_the_model_population(setups, trained):
+    method, setup = REGISTRY["watermas"], setups["classifier-white"]
+    pop = nulls.model_population(method, trained("watermas"), setup, seeds=[101, 102])
+    assert list(pop.seed) == [101, 102] and (pop.score < 0.8).all() and (pop.verified == 0).all()
+    with pytest.raises(ValueError, match="twin"):
+        nulls.model_population(method, trained("watermas"), setup, seeds=[setup.seed])

@@ -93,6 +93,13 @@ class Method:
         PSNR of the marked outputs against the twin's)."""
         return {}
 
+    def null_secrets(self, trained: Trained, setup: Setup, n: int, seed: int) -> list[tuple[str, Any]]:
+        """Secrets that are not the owner's, to score the marked model with (issue 17's key null
+        population): N random keys or signatures (case `random`), and near misses of the owner's
+        (`near-miss: …`: a few bits flipped, the pattern or positions shifted). Each is a
+        (case, secret) that `detect` accepts. SEED draws them."""
+        raise NotImplementedError
+
     def own_grid(self, attack: str, setup: Setup) -> list:
         """Strengths of own attack ATTACK, weakest first."""
         raise NotImplementedError

@@ -6,6 +6,8 @@ method trained into the stolen weights)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
+import random
 
 from wm import watermas as wmas
 from wm.methods import Method, Setup, Trained
@@ -50,6 +52,31 @@ class KeyedWeights(Method):
 
     def utility(self, suspect, setup: Setup) -> float:
         return evaluate(suspect, setup.data["x_test"], setup.data["y_test"])
+
+    def null_secrets(self, trained: Trained, setup: Setup, n: int, seed: int) -> list:
+        key, rng = trained.secret, random.Random(seed)
+        out = [("random", self.random_key(trained.marked, key, seed + i)) for i in range(n)]
+        for flips in (1, 2, 4, 8):  # the owner's positions, some of its bits claimed wrongly
+            for _ in range(5):
+                out.append((f"near-miss: {flips} bits flipped", self.flipped(key, rng.sample(range(len(key.bits)), flips))))
+        out.append(("near-miss: positions shifted by one", self.shifted(trained.marked, key)))
+        return out
+
+    def random_key(self, model, key, seed: int):
+        """A key of the owner's size drawn afresh (other positions, other bits)."""
+        return wmas.draw_key(model, len(key.bits), seed=seed, kappa=key.kappa)
+
+    @staticmethod
+    def flipped(key, which: list[int]):
+        bits = tuple(1 - b if i in which else b for i, b in enumerate(key.bits))
+        return dataclasses.replace(key, bits=bits)
+
+    @staticmethod
+    def shifted(model, key):
+        """Each keyed position moved to the next weight of its tensor (the owner's bits kept)."""
+        sizes = dict((name, p.numel()) for name, p in model.named_parameters())
+        idx = tuple((i + 1) % sizes[name] for name, i in zip(key.names, key.indices))
+        return dataclasses.replace(key, indices=idx)
 
     def own_grid(self, attack: str, setup: Setup) -> list:
         return list(wmas.OVERWRITE_MODES) if attack == "overwrite" else list(setup.budget["piracy_epochs"])

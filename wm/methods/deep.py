@@ -48,6 +48,16 @@ class Deep(ServiceMethod):
         return {"score": float(e.nc.mean()), "success_rate": e.success_rate,
                 "verified": float(e.success_rate >= setup.budget["sr_threshold"])}
 
+    def null_secrets(self, trained: Trained, setup: Setup, n: int, seed: int) -> list:
+        """The owner's R read against logos that are not the owner's: QR-like patterns, and the
+        owner's logo shifted by a pixel (the key of this method is the pair R, δ)."""
+        wmk, size = trained.secret, image_config(setup).size
+        other = lambda delta: ip.DeepWatermark(wmk.h, wmk.r, delta.to(wmk.delta.device))  # noqa: E731
+        out = [("random", other(ip.watermark_image("qr", size, seed + i))) for i in range(n)]
+        for shift in ((1, 0), (0, 1)):
+            out.append(("near-miss: shifted by a pixel", other(wmk.delta.roll(shift, dims=(-2, -1)))))
+        return out
+
     def own_grid(self, attack: str, setup: Setup) -> list:
         if attack == "piracy":  # the thief's stage 1, at the owner's budget
             return [setup.budget["stage1_epochs"]]

@@ -8,6 +8,9 @@ rule). Own attack: piracy, a second party's null embedding fine-tuned into the s
 
 from __future__ import annotations
 
+import dataclasses
+import random
+
 from wm import null_embedding as ne
 from wm.methods import Method, Setup, Trained, register
 from wm.methods._setups import ne_config
@@ -36,13 +39,38 @@ class NullEmbedding(Method):
         return marked, sig
 
     def detect(self, suspect, secret, setup: Setup) -> dict[str, float]:
+        """SECRET: the owner's Signature (checked, then its pattern derived), or a pattern itself
+        (a null population's wrong or near-miss pattern)."""
         cfg, d = ne_config(setup), setup.data
-        v = ne.verify(suspect, secret, d["x_test"], d["y_test"], cfg.n, cfg.lam, 10, cfg.threshold)
-        return {"score": min(v.acc_null, v.acc_true), "wm_acc_null": v.acc_null, "wm_acc_true": v.acc_true,
-                "verified": float(v.verified)}
+        if isinstance(secret, ne.Watermark):
+            acc_null, acc_true = ne.watermark_accuracies(suspect, secret, d["x_test"], d["y_test"])
+            ok = min(acc_null, acc_true) >= cfg.threshold
+        else:
+            v = ne.verify(suspect, secret, d["x_test"], d["y_test"], cfg.n, cfg.lam, 10, cfg.threshold)
+            acc_null, acc_true, ok = v.acc_null, v.acc_true, v.verified
+        return {"score": min(acc_null, acc_true), "wm_acc_null": acc_null, "wm_acc_true": acc_true,
+                "verified": float(ok)}
 
     def utility(self, suspect, setup: Setup) -> float:
         return evaluate(suspect, setup.data["x_test"], setup.data["y_test"])
+
+    def null_secrets(self, trained: Trained, setup: Setup, n: int, seed: int) -> list:
+        cfg = ne_config(setup)
+        # other parties' real signatures (parties 2, 3, ...: 1 is the suite's pirate)
+        out = [("random", cfg.watermark(ne.Owner.from_seed(f"null-{seed}-{i}", seed + i).sign(cfg.timestamp)))
+               for i in range(n)]
+        own = cfg.watermark(trained.secret)
+        rng = random.Random(seed)
+        for flips in (1, 2, 4, 8):  # the owner's square with a few of its ±λ bits inverted
+            for _ in range(5):
+                which = set(rng.sample(range(len(own.bits)), flips))
+                out.append((f"near-miss: {flips} bits flipped",
+                            dataclasses.replace(own, bits=tuple(1 - b if i in which else b for i, b in enumerate(own.bits)))))
+        for dr, dc in ((1, 0), (0, 1), (-1, 0), (0, -1)):  # the owner's pattern a pixel off
+            row, col = own.row + dr, own.col + dc
+            if 0 <= row <= 28 - own.n and 0 <= col <= 28 - own.n:
+                out.append(("near-miss: shifted by a pixel", dataclasses.replace(own, row=row, col=col)))
+        return out
 
     def own_grid(self, attack: str, setup: Setup) -> list:
         return list(setup.budget["piracy_epochs"])

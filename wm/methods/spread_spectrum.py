@@ -5,6 +5,8 @@ keyed-weight methods."""
 
 from __future__ import annotations
 
+import random
+
 import torch
 from torch import nn
 
@@ -47,6 +49,20 @@ class SpreadSpectrumMethod(ServiceMethod):
         # bit accuracy averaged over the outputs: the owner reads every output and pools the bits
         return {"score": acc, "bit_acc": acc,
                 "verified": float(1 - acc <= ber_threshold(N_BITS, setup.budget["ber_fpr"]))}
+
+
+    def null_secrets(self, trained, setup: Setup, n: int, seed: int) -> list:
+        own, size = trained.secret, image_config(setup).size
+        out = [("random", ip.SpreadSpectrum.create(N_BITS, size, PSNR, seed + i)) for i in range(n)]
+        rng = random.Random(seed)
+        for flips in (1, 2, 4, 8):  # the owner's patterns, a few of its bits claimed wrongly
+            for _ in range(5):
+                bits = own.bits.clone()
+                bits[rng.sample(range(N_BITS), flips)] ^= 1
+                out.append((f"near-miss: {flips} bits flipped", ip.SpreadSpectrum(bits, own.patterns, own.alpha)))
+        out.append(("near-miss: shifted by a pixel",
+                    ip.SpreadSpectrum(own.bits, own.patterns.roll(1, dims=-1), own.alpha)))
+        return out
 
 
 register(SpreadSpectrumMethod)

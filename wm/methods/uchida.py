@@ -3,6 +3,8 @@ trained in with a regulariser. Score: the share of bits read back, 1 − BER."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from wm import watermas as wmas
 from wm.methods import register
 from wm.methods._keyed import PIRATE, KeyedWeights
@@ -20,6 +22,15 @@ class Uchida(KeyedWeights):
 
     def ber(self, suspect, key) -> float:
         return wmas.uchida_ber(suspect, key)
+
+    def random_key(self, model, key, seed: int):
+        """Another projection and other bits on the owner's layer."""
+        return wmas.draw_uchida_key(model, len(key.bits), seed=seed, layer=key.layer)
+
+    @staticmethod
+    def shifted(model, key):
+        """The owner's projection read one input position over (its columns rolled by one)."""
+        return dataclasses.replace(key, X=key.X.roll(1, dims=1))
 
     def thief_key(self, model, setup):
         # the owner's payload (the study's uchida_bits), the thief's own projection and bits
