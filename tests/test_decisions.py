@@ -66,3 +66,14 @@ def test_binomial_tail_exact():
     assert dec.binomial_tail(0, n) == pytest.approx(1.0)
     k = 51
     assert dec.binomial_tail(k, n) == pytest.approx(sum(math.comb(n, i) for i in range(k, n + 1)) / 2 ** n)
+
+
+def test_decision_metrics_are_rows_the_results_table_accepts():
+    from wm import report
+    from wm.results import Results
+    r = Results("attack_suite", "smoke")
+    for case, m in report.decision_metrics(np.full(10, 0.9), np.linspace(0, 0.5, 2000)):
+        report.record(r, "watermas", "smallcnn", "decision", m, seed=0, case=case)
+    f = r.frame().set_index(["case", "metric"]).value
+    assert f["fpr=0.01", "tpr_at_fpr"] == 1.0 and f["fpr=0.001", "fpr"] <= 0.001 and f["all", "auc"] == 1.0
+    assert f["fpr=0.001", "fpr_upper"] == pytest.approx(dec.fpr_upper(2, 2000))

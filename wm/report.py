@@ -136,6 +136,21 @@ def summary(w, cfg):
     return pd.DataFrame(rows)
 
 
+def decision_metrics(marked, null, fprs=(0.01, 0.001)) -> list[tuple[str, dict[str, float]]]:
+    """What the book reports of a detector against a null population, as (FPR level, metrics)
+    pairs for `record` (the level goes in the row's `case`, e.g. "fpr=0.01"): TPR at each FPR,
+    its threshold, the empirical FPR and its Clopper-Pearson upper bound; and the ROC AUC once
+    (level "all")."""
+    from wm.metrics import roc_auc, tpr_at_fpr
+    out = []
+    for level in fprs:
+        d = tpr_at_fpr(marked, null, level)
+        out.append((f"fpr={level:g}", {"tpr_at_fpr": d.tpr, "threshold": d.threshold, "fpr": d.fpr,
+                                       "fpr_upper": d.fpr_upper}))
+    out.append(("all", {"auc": roc_auc(marked, null)}))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Verdict rules that can fail
 # ---------------------------------------------------------------------------------------------
