@@ -1,15 +1,20 @@
 """Image-to-image networks: the U-Net and residual restorers (M, H's body, the surrogates), Zhang
 et al.'s extractor R (a dilated residual network, also the CEILNet-like surrogate), the PatchGAN
-discriminator D and the embedder H, and the segmentation network of the WaterMAS study.
-All are created with random weights (no pretrained downloads here)."""
+discriminator D and the embedder H, the surrogates' builder (`build_surrogate`), the LSGAN and
+perceptual (VGG-19) losses, and the segmentation network of the WaterMAS study. All are created
+with random weights (the perceptual loss loads a local VGG-19 file when one is present)."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from wm import data
 from wm.layers import _check_choice, _conv_norm_relu, _init_relu_convs, _norm2d
 
 
@@ -303,3 +308,85 @@ class Embedder(nn.Module):
 
     def forward(self, b: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([b, delta.expand(len(b), -1, -1, -1)], 1)).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------- surrogates
+
+
+SM_ARCHS = ("unet", "resnet9", "resnet16", "ceilnet")
+
+
+def build_surrogate(arch: str, width: int) -> nn.Module:
+    """A surrogate (or M) that learns a residual correction of its input, as the official
+    SR-attack code does (learn_residual): U-Net (depth 2), ResNet-9/16 (pix2pix's
+    resnet_9blocks/resnet_16blocks: two stride-2 down-samplings, the blocks at 4 × WIDTH and a
+    quarter of the resolution, two transposed-conv up-samplings) or the CEILNet-like dilated
+    residual net (half resolution). Every architecture gets the same WIDTH, as pix2pix gives its
+    U-Net and ResNet generators the same ngf.
+
+    What was measured before settling on this (seed 0, cpu profile, stage-1 R, success rate on
+    the test patches): full-resolution ResNet-9s at width 8 (the first version) copied the
+    service at 26.7 dB and carried no logo (0.00); at width 16 they trained badly (19.4 dB,
+    0.00); the pix2pix layout reached 0.10 at width 8 (ResNet-16: 0.61) and 0.98 at width 16."""
+    if arch == "unet":
+        net = UNet(3, 3, width=width, depth=2, residual=True)
+    elif arch in ("resnet9", "resnet16"):
+        net = ResNetI2I(3, 3, width=width, n_blocks=int(arch[6:]), residual=True, n_down=2)
+    elif arch == "ceilnet":
+        return DilatedResNet(3, 3, width=width, blocks=5, residual=True)  # zero-initialised already
+    else:
+        raise ValueError(f"unknown surrogate architecture {arch!r}: choose from {', '.join(SM_ARCHS)}")
+    # a zero final conv: every surrogate starts as the identity (input + 0). Measured on deraining,
+    # 3 epochs: ResNet-9 reaches 25.2 dB from a zero start and 16.1 dB from the default one.
+    nn.init.zeros_(net.final.weight)
+    nn.init.zeros_(net.final.bias)
+    return net
+
+
+VGG_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's ImageNet VGG-19 checkpoint name
+
+
+# ---------------------------------------------------------------------------------------------
+# Zhang et al.'s losses: LSGAN and the perceptual (VGG-19) loss
+# ---------------------------------------------------------------------------------------------
+
+
+def lsgan(scores: torch.Tensor, real: bool) -> torch.Tensor:
+    """Least-squares GAN loss: mean (score − 1)² for real, score² for fake."""
+    return F.mse_loss(scores, torch.full_like(scores, 1.0 if real else 0.0))
+
+
+def vgg_path() -> Path | None:
+    """ImageNet VGG-19 weights if present locally ($WM_VGG_WEIGHTS, else torch's hub cache)."""
+    env = os.environ.get("WM_VGG_WEIGHTS")
+    if env:
+        if not Path(env).is_file():
+            raise data.DataError(f"WM_VGG_WEIGHTS={env} is not a file")
+        return Path(env)
+    p = Path(torch.hub.get_dir()) / "checkpoints" / VGG_FILE
+    return p if p.is_file() else None
+
+
+class Perceptual(nn.Module):
+    """MSE between VGG-19 features up to relu3_3 (the SR-attack code's content loss), ImageNet-
+    normalised inputs; weights loaded from a local file, frozen."""
+
+    LAYERS = 16  # VGG-19's features[:16]: conv1_1 … relu3_3 (7 convs)
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        from torchvision.models import vgg
+        self.features = vgg.make_layers(vgg.cfgs["E"])[:self.LAYERS]  # VGG-19's convs, without the classifier
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        needed = {f"features.{k}": k for k in self.features.state_dict()}
+        missing = sorted(set(needed) - set(state))
+        if missing:
+            raise data.DataError(f"{path} is not a torchvision VGG-19 checkpoint: it lacks {', '.join(missing[:3])}")
+        self.features.load_state_dict({k: state[name] for name, k in needed.items()})
+        self.features.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(data.IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(data.IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        f = lambda x: self.features((x - self.mean) / self.std)  # noqa: E731
+        return F.mse_loss(f(out), f(target))

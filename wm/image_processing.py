@@ -27,88 +27,39 @@ what is this module's own choice:
 * The traditional watermark: the abstract only says "traditional spatial invisible watermarking"
   for bit strings; the algorithm is not known. An additive spread-spectrum mark (Cox et al.
   1997) stands in for it: `SpreadSpectrum`.
-* Layout: the task's data, logos and the spread-spectrum mark are in wm.deraining, the networks
-  R, D and H in wm.image_models (both re-exported here); what stays is the study's own recipe,
-  about 500 lines, 115 of them the Config's documented fields.
+* Layout: the task's data, logos and the spread-spectrum mark are in wm.deraining; the networks
+  R, D and H, the surrogates' builder and the LSGAN and perceptual losses in wm.image_models (both
+  re-exported here); what stays is the study's recipe: its Config, the training loops, stage 1
+  and stage 2, and verification.
 * The rain generator is this project's (`add_rain`): the paper used DID-MDN's Photoshop-style
   synthesis, which is not public code.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wm import data, metrics
-from wm import models as wm_models
+from wm import metrics
 # the task's data and the classical pieces live in wm.deraining; the notebook and the methods reach them here
 from wm.deraining import (LOGO_PATH, WATERMARKS, Pairs, SpreadSpectrum, _subseed, add_noise, add_rain,  # noqa: F401
                           deliver, load_logo, make_logo, make_pairs, qr_pattern, split_photos, tv_denoise,
                           watermark_image)
-from wm.image_models import DilatedResNet, Embedder, InstanceNorm, PatchDiscriminator  # noqa: F401 (re-exported)
+from wm.image_models import (SM_ARCHS, VGG_FILE, DilatedResNet, Embedder, InstanceNorm,  # noqa: F401 (re-exported)
+                             PatchDiscriminator, Perceptual, build_surrogate, lsgan, vgg_path)
 from wm.config import MAX_BATCH, MAX_EPOCHS, MAX_PAIRS, MAX_SEED, MAX_WIDTH, StudyConfig, param, require
 from wm.train import History, Precision, channels_last, index_batches, n_steps, seed_everything
 
-SM_ARCHS = ("unet", "resnet9", "resnet16", "ceilnet")
 SM_LOSSES = ("l2", "l1", "l1_adv", "l2_adv", "perc_adv")
-VGG_FILE = "vgg19-dcbb9e9d.pth"  # torchvision's ImageNet VGG-19 checkpoint name
 
 
 # ---------------------------------------------------------------------------------------------
-# 1. Losses (the networks R, D and H live in wm.image_models)
-# ---------------------------------------------------------------------------------------------
-
-
-def lsgan(scores: torch.Tensor, real: bool) -> torch.Tensor:
-    """Least-squares GAN loss: mean (score − 1)² for real, score² for fake."""
-    return F.mse_loss(scores, torch.full_like(scores, 1.0 if real else 0.0))
-
-
-def vgg_path() -> Path | None:
-    """ImageNet VGG-19 weights if present locally ($WM_VGG_WEIGHTS, else torch's hub cache)."""
-    env = os.environ.get("WM_VGG_WEIGHTS")
-    if env:
-        if not Path(env).is_file():
-            raise data.DataError(f"WM_VGG_WEIGHTS={env} is not a file")
-        return Path(env)
-    p = Path(torch.hub.get_dir()) / "checkpoints" / VGG_FILE
-    return p if p.is_file() else None
-
-
-class Perceptual(nn.Module):
-    """MSE between VGG-19 features up to relu3_3 (the SR-attack code's content loss), ImageNet-
-    normalised inputs; weights loaded from a local file, frozen."""
-
-    LAYERS = 16  # VGG-19's features[:16]: conv1_1 … relu3_3 (7 convs)
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        from torchvision.models import vgg
-        self.features = vgg.make_layers(vgg.cfgs["E"])[:self.LAYERS]  # VGG-19's convs, without the classifier
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        needed = {f"features.{k}": k for k in self.features.state_dict()}
-        missing = sorted(set(needed) - set(state))
-        if missing:
-            raise data.DataError(f"{path} is not a torchvision VGG-19 checkpoint: it lacks {', '.join(missing[:3])}")
-        self.features.load_state_dict({k: state[name] for name, k in needed.items()})
-        self.features.eval().requires_grad_(False)
-        self.register_buffer("mean", torch.tensor(data.IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(data.IMAGENET_STD).view(1, 3, 1, 1))
-
-    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        f = lambda x: self.features((x - self.mean) / self.std)  # noqa: E731
-        return F.mse_loss(f(out), f(target))
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. Configuration
+# 1. Configuration
 # ---------------------------------------------------------------------------------------------
 
 
@@ -223,7 +174,7 @@ class Config(StudyConfig):
 
 
 # ---------------------------------------------------------------------------------------------
-# 3. Training: one explicit loop for every image-to-image network (M and the surrogates)
+# 2. Training: one explicit loop for every image-to-image network (M and the surrogates)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -257,33 +208,6 @@ def _decay(opt: torch.optim.Optimizer, n: int, batch: int, epochs: float):
     constant for the first half of the steps, then decays linearly to zero."""
     total = n_steps(n, batch, epochs, drop_last=True)  # the steps index_batches takes
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, 2 * (1 - step / total)))
-
-
-def build_surrogate(arch: str, width: int) -> nn.Module:
-    """A surrogate (or M) that learns a residual correction of its input, as the official
-    SR-attack code does (learn_residual): U-Net (depth 2), ResNet-9/16 (pix2pix's
-    resnet_9blocks/resnet_16blocks: two stride-2 down-samplings, the blocks at 4 × WIDTH and a
-    quarter of the resolution, two transposed-conv up-samplings) or the CEILNet-like dilated
-    residual net (half resolution). Every architecture gets the same WIDTH, as pix2pix gives its
-    U-Net and ResNet generators the same ngf.
-
-    What was measured before settling on this (seed 0, cpu profile, stage-1 R, success rate on
-    the test patches): full-resolution ResNet-9s at width 8 (the first version) copied the
-    service at 26.7 dB and carried no logo (0.00); at width 16 they trained badly (19.4 dB,
-    0.00); the pix2pix layout reached 0.10 at width 8 (ResNet-16: 0.61) and 0.98 at width 16."""
-    if arch == "unet":
-        net = wm_models.UNet(3, 3, width=width, depth=2, residual=True)
-    elif arch in ("resnet9", "resnet16"):
-        net = wm_models.ResNetI2I(3, 3, width=width, n_blocks=int(arch[6:]), residual=True, n_down=2)
-    elif arch == "ceilnet":
-        return DilatedResNet(3, 3, width=width, blocks=5, residual=True)  # zero-initialised already
-    else:
-        raise ValueError(f"unknown surrogate architecture {arch!r}: choose from {', '.join(SM_ARCHS)}")
-    # a zero final conv: every surrogate starts as the identity (input + 0). Measured on deraining,
-    # 3 epochs: ResNet-9 reaches 25.2 dB from a zero start and 16.1 dB from the default one.
-    nn.init.zeros_(net.final.weight)
-    nn.init.zeros_(net.final.bias)
-    return net
 
 
 def train_i2i(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, epochs: float, lr: float,
@@ -364,7 +288,7 @@ def apply(net: nn.Module, x: torch.Tensor, *args, batch: int = 256) -> torch.Ten
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. The deep watermark: H, R, D, stage 1 and stage 2, verification
+# 3. The deep watermark: H, R, D, stage 1 and stage 2, verification
 # ---------------------------------------------------------------------------------------------
 
 
