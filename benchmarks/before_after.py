@@ -23,14 +23,16 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDIES = ("null_embedding", "watermas", "image_processing", "attack_suite")
+STUDIES = ("null_embedding", "watermas", "image_processing", "nulls", "attack_suite", "quickstart")
 KEYS = ["method", "model", "experiment", "attack", "strength", "metric", "case"]
 # what the headline table shows of each study (the rest is summarised per metric)
 HEADLINE = {
     "null_embedding": lambda d: d.experiment.isin(["fidelity", "false_positive", "transfer"]),
     "watermas": lambda d: d.attack.eq("none"),
     "image_processing": lambda d: d.metric.isin(["psnr", "ssim", "success_rate", "bit_acc"]),
-    "attack_suite": lambda d: d.attack.eq("none") & ~d.metric.isin(["nc"]),
+    "attack_suite": lambda d: d.attack.eq("none") & ~d.metric.isin(["nc"]) & ~d.experiment.isin(["null_keys"]),
+    "nulls": lambda d: d.method.eq("none"),
+    "quickstart": lambda d: d.attack.eq("none"),
 }
 
 

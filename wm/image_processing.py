@@ -263,10 +263,11 @@ def train_i2i(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str, epoch
     return log.history()
 
 
-def train_target(cfg: Config, pairs: Pairs, seed: int) -> tuple[nn.Module, History]:
-    """The protected model M: a residual U-Net trained rainy → clean with L1 on the owner's pairs."""
+def train_target(cfg: Config, pairs: Pairs, seed: int, arch: str = "unet") -> tuple[nn.Module, History]:
+    """The protected model M: a residual U-Net trained rainy → clean with L1 on the owner's pairs
+    (ARCH: another of SM_ARCHS trained the same way, an independent model of a null population)."""
     seed_everything(seed)
-    net = build_surrogate("unet", cfg.m_width).to(pairs.a.device)
+    net = build_surrogate(arch, cfg.m_width).to(pairs.a.device)
     return net, train_i2i(net, pairs.a, pairs.clean, "l1", cfg.m_epochs, cfg.sm_lr, cfg.batch_size, seed)
 
 
@@ -430,7 +431,11 @@ class Extraction:
 
 def verify(wmk: DeepWatermark, x: torch.Tensor, tau: float) -> Extraction:
     """Run R on X and score every output against δ."""
-    out = wmk.extract(x)
+    return verify_extracted(wmk, wmk.extract(x), tau)
+
+
+def verify_extracted(wmk: DeepWatermark, out: torch.Tensor, tau: float) -> Extraction:
+    """Score R's outputs OUT (R already run) against δ."""
     target = wmk.delta.expand_as(out)
     return Extraction(metrics.nc(out, target, centred=True), metrics.nc(out, target, centred=False), tau)
 

@@ -27,6 +27,7 @@ import torch
 
 from wm import attacks as attack_registry
 from wm import methods as method_registry
+from wm import nulls
 from wm.config import (FASHION_TEST, FASHION_TRAIN, MAX_BATCH, MAX_EPOCHS, MAX_PAIRS, MAX_SEED, MAX_SEEDS, MAX_WIDTH,
                        StudyConfig, param, require)
 from wm.methods import REGISTRY as METHODS_REGISTRY
@@ -39,6 +40,9 @@ METHODS = tuple(method_registry.ordered())
 """Every registered method, as tables list them."""
 ATTACKS = (*attack_registry.REGISTRY, *method_registry.own_attacks())
 """The registered attacks, then the methods' own (piracy, overwrite)."""
+
+KEYS = 5000
+"""Seed offset of the key population's random secrets (apart from the thief's, seed + 1000)."""
 
 GRID_FIELDS = {"finetune": "finetune_epochs", "prune": "prune_amounts", "quantize": "quant_bits", "noise": "noise_k",
                "distill": "distill_epochs", "surrogate": "surrogate_epochs"}
@@ -136,6 +140,11 @@ class Config(StudyConfig):
     """Distillation of the classifiers: student epochs on the attacker's images."""
     surrogate_epochs: tuple = param(_grid("surrogate"), gt=0, le=MAX_EPOCHS)
     """Surrogate of an image service: epochs of the thief's U-Net (L2) on (A, service outputs)."""
+    # --- null populations -------------------------------------------------------------------
+    n_keys: int = param(1000, ge=1, le=10**6)
+    """Wrong secrets (random keys, signatures or logos) each marked model is also read with, beside
+    the owner's near misses (wm.nulls.key_population): with the attacked twins and the independent
+    models of data/results/nulls.csv they set each method's threshold at FPR 1 % and 0.1 %."""
     # --- verdicts and timing -----------------------------------------------------------------
     useful_drop: float = param(0.02, gt=0, lt=1)
     """Verdicts: a classifier attack is 'cheap' when it costs at most this much test accuracy (2 points)."""
@@ -150,7 +159,7 @@ class Config(StudyConfig):
                       n_owner=96, n_attacker_pairs=64, n_test_pairs=24, m_epochs=1, stage1_epochs=1,
                       finetune_epochs=(0.5,), prune_amounts=(0.5, 0.9), quant_bits=(8, 2), noise_k=(0.1, 1.0),
                       distill_epochs=(0.5,), surrogate_epochs=(1,), piracy_epochs=(0.5,), overwrite_psnr=(35.0,),
-                      timings=False),
+                      n_keys=30, timings=False),
         # cpu: the three papers' methods at this budget took 8.1 min (3 seeds, Intel Xeon with AMX, 2
         # cores); the baselines add three small CNNs and their grids per seed
         "cpu": dict(),
@@ -312,6 +321,11 @@ def run_seed(cfg: Config, kinds: dict[str, Setup], seed: int, results) -> dict[s
             add("none", control_model(m), "none", None, {**measure(m, twin, tr.secret, setup), **secs(twin_seconds)})
             if fid := m.fidelity(tr, setup):
                 add(m.name, m.model, "none", None, fid, experiment="invisibility")
+            t = time.perf_counter()
+            for r in nulls.key_population(m, tr, setup, cfg.n_keys, seed=KEYS + seed).itertuples():
+                record(results, m.name, m.model, nulls.NULL_KEYS, {"score": r.score, "verified": r.verified},
+                       seed=seed, case=f"{r.case} #{r.index}")
+            phases[f"key population {m.name}"] = time.perf_counter() - t
         phases[f"train {recipe}"] = time.perf_counter() - group_start  # the twin and every marked model
 
         t = time.perf_counter()

@@ -9,10 +9,12 @@ A sweep runs one study over the Cartesian product of its `--grid` values, each p
     <study>.csv            every finished run's rows, with param_<name> columns and a `run` column
     <study>.json           the sweep's grid, code version and which runs are finished
 
-A run's key is a short SHA-256 over (study, profile, parameters, code version, CPU threads per run,
+A run's key is a short SHA-256 over (study, profile, parameters, source hash, CPU threads per run,
 device), so a rerun skips what is finished, redoes what was killed mid-way (a folder without
 done.json), and an edit of the code, committed or not, starts fresh runs instead of mixing old
-numbers with new ones. The thread count and the device are in the key because they change CPU
+numbers with new ones. The source hash covers wm/ and the study's notebook, not the commit: a
+commit that touches neither (prose, tests, published tables) keeps the cache, which is what lets a
+long build (the null populations) go on across sessions. The thread count and the device are in the key because they change CPU
 results at float level: a local sweep and a Dask sweep agree row for row where they share keys,
 and otherwise live under different keys. The merged table only ever holds the current grid's keys.
 
@@ -189,8 +191,9 @@ def source_hash(study: str) -> str:
 
 
 def run_key(study: str, profile: str, values: dict[str, Any], code: str, threads: int, device: str) -> str:
+    """CODE is a code_version: only its source hash is keyed (the commit is provenance)."""
     blob = json.dumps({"study": study, "profile": profile, "parameters": sorted(values.items()),
-                       "code": code, "threads": threads, "device": device}, default=repr, sort_keys=True)
+                       "code": code.split("+", 1)[-1], "threads": threads, "device": device}, default=repr, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

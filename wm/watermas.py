@@ -195,10 +195,12 @@ class Config(StudyConfig):
                            seed=seed, progress=False)  # bars would be stored as notebook outputs
 
 
-def build_model(name: str, cfg: Config | None = None) -> nn.Module:
-    """A freshly initialised 1×28×28 → 10-class classifier by name (`MODELS`)."""
+def build_model(name: str, cfg: Config | None = None, norm: str = "batch") -> nn.Module:
+    """A freshly initialised 1×28×28 → 10-class classifier by name (`MODELS`). NORM: the small
+    CNN's normalisation ("none": the variant without batch norm, same conv shapes, that the null
+    populations use as a second architecture every key of this module can still read)."""
     if name == "smallcnn":
-        return wm_models.SmallCNN(in_channels=1, num_classes=10, width=cfg.width if cfg else 16)
+        return wm_models.SmallCNN(in_channels=1, num_classes=10, width=cfg.width if cfg else 16, norm=norm)
     if name == "swin_t":
         return wm_models.swin_t(1, 10)
     if name == "resnet18":
@@ -229,9 +231,21 @@ def make_hooks(method: str, key, cfg: Config, seed: int = 0, label_smoothing: fl
     raise ValueError(f"method={method!r} is unknown: choose from {', '.join(METHODS)}")
 
 
+def fresh(cfg: Config, method: str, seed: int, model_name: str = "smallcnn", n_bits: int | None = None,
+          norm: str = "batch") -> tuple[nn.Module, Key | UchidaKey]:
+    """The freshly initialised model (seeded by SEED) and the key METHOD draws on it: what `train`
+    starts from, and the owner's key itself without training (its positions and bits depend only
+    on the architecture, SEED and the payload)."""
+    seed_everything(seed)
+    model = build_model(model_name, cfg, norm)
+    key = (draw_uchida_key(model, cfg.uchida_bits, seed) if method == "uchida"
+           else draw_key(model, n_bits or cfg.n_bits, seed, cfg.kappa))
+    return model, key
+
+
 def train(cfg: Config, method: str, x: torch.Tensor, y: torch.Tensor, seed: int, key=None,
           model_name: str = "smallcnn", n_bits: int | None = None, epochs: float | None = None,
-          hooks: list[Hook] | None = None) -> tuple[nn.Module, Key | UchidaKey, History]:
+          hooks: list[Hook] | None = None, norm: str = "batch") -> tuple[nn.Module, Key | UchidaKey, History]:
     """Train MODEL_NAME from scratch on (X, Y) with METHOD; returns (model, key, History).
 
     The key is drawn on the fresh model (seeded by SEED) unless KEY is given, its values are
@@ -241,11 +255,8 @@ def train(cfg: Config, method: str, x: torch.Tensor, y: torch.Tensor, seed: int,
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is unknown: choose from {', '.join(METHODS)}")
-    seed_everything(seed)
-    model = build_model(model_name, cfg).to(x.device)
-    if key is None:
-        key = (draw_uchida_key(model, cfg.uchida_bits, seed) if method == "uchida"
-               else draw_key(model, n_bits or cfg.n_bits, seed, cfg.kappa))
+    model, drawn = fresh(cfg, method, seed, model_name, n_bits, norm)
+    model, key = model.to(x.device), drawn if key is None else key
     if method not in ("none", "uchida"):
         embed_values(model, key)
     n, e, _ = cfg.budget(model_name)

@@ -70,10 +70,20 @@ class Method:
     """Attacks of this kind (registered, or other methods' own) that do not apply: name → why."""
     baseline_of: ClassVar[str | None] = None
     """The paper method this one is a baseline or ablation of (None for the papers' methods)."""
+    null_archs: ClassVar[tuple[str, ...]] = ()
+    """Architectures of the independent unmarked models of the null population (wm.nulls), the
+    twin's first; `train_twin` builds the one a Setup's budget names as `arch`."""
 
     def train_twin(self, setup: Setup) -> Any:
-        """The unmarked model the marked one is compared with."""
+        """The unmarked model the marked one is compared with (architecture: the budget's `arch`,
+        default the first of `null_archs`)."""
         raise NotImplementedError
+
+    def owner_secret(self, setup: Setup) -> Any:
+        """The owner's secret for SETUP's seed, as `mark` would make it. By default it trains the
+        marked model; methods whose secret does not depend on training (a drawn key, a signature)
+        derive it directly, so that scoring a null population costs no marked model."""
+        return self.train(setup).secret
 
     def mark(self, setup: Setup, twin: Any) -> tuple[Any, Any]:
         """The marked model and its secret (TWIN is there for methods that mark a trained model)."""
@@ -118,6 +128,18 @@ class Method:
         twin = self.train_twin(setup) if twin is None else twin
         marked, secret = self.mark(setup, twin)
         return Trained(marked, twin, secret)
+
+    def detect_many(self, suspect: Any, secrets: list, setup: Setup) -> list[dict[str, float]]:
+        """`detect` of SUSPECT with each of SECRETS (a key population); methods override it where
+        the secrets can share the suspect's reading (one extraction, many comparisons)."""
+        return [self.detect(suspect, s, setup) for s in secrets]
+
+    def arch(self, setup: Setup) -> str:
+        """The architecture SETUP asks for (its budget's `arch`), checked against `null_archs`."""
+        arch = setup.budget.get("arch", self.null_archs[0])
+        if arch not in self.null_archs:
+            raise ValueError(f"arch={arch!r}: {self.name} trains {', '.join(self.null_archs)}")
+        return arch
 
     def score(self, suspect: Any, secret: Any, setup: Setup) -> float:
         """The detector statistic of SUSPECT (a model, or a service's delivered outputs)."""

@@ -31,11 +31,19 @@ class KeyedWeights(Method):
     twin_recipe = twin_model = "smallcnn"
     rule = "BER ≤ the binomial bound of ber_fpr (an unrelated model reads its bits as fair coins)"
     own_attacks = {"overwrite": "keyed weights overwritten", "piracy": "epochs of the thief's embedding"}
+    null_archs = ("smallcnn", "smallcnn_nobn")
+    """The small CNN, and the same CNN without batch norm (biases, He init): other layers, the
+    same conv shapes, so that every key of these methods reads it."""
 
     def train_twin(self, setup: Setup):
         # the same recipe with nothing written (wm.watermas' method `none`: the key is drawn, unused)
         cfg, d = wmas_config(setup), setup.data
-        return wmas.train(cfg, "none", d["x_train"], d["y_train"], seed=setup.seed)[0]
+        norm = "none" if self.arch(setup) == "smallcnn_nobn" else "batch"
+        return wmas.train(cfg, "none", d["x_train"], d["y_train"], seed=setup.seed, norm=norm)[0]
+
+    def owner_secret(self, setup: Setup):
+        # positions and bits depend on the architecture, the seed and the payload only
+        return wmas.fresh(wmas_config(setup), self.name, setup.seed)[1]
 
     def mark(self, setup: Setup, twin):
         cfg, d = wmas_config(setup), setup.data

@@ -85,7 +85,7 @@ def image_config(setup: Setup) -> ip.Config:
 def train_service(setup: Setup) -> tuple[torch.nn.Module, ip.Config]:
     """The unmarked deraining model M every image-service method protects (and its twin)."""
     icfg = image_config(setup)
-    m_net, _ = ip.train_target(icfg, setup.data["own"], seed=setup.seed)
+    m_net, _ = ip.train_target(icfg, setup.data["own"], seed=setup.seed, arch=setup.budget.get("arch", "unet"))
     return m_net, icfg
 
 
@@ -112,8 +112,11 @@ class ServiceMethod(Method):
     unit = "PSNR (dB)"
     twin_recipe, twin_model = "deraining", "unet"
     own_attacks = {"overwrite": "PSNR of the thief's mark (dB)"}
+    null_archs = ("unet", "resnet9")
+    """M's residual U-Net, and pix2pix's ResNet-9 trained the same way (wm.image_models)."""
 
     def train_twin(self, setup: Setup) -> torch.nn.Module:
+        self.arch(setup)  # checked here: train_service reads it
         return train_service(setup)[0]
 
     def utility(self, suspect, setup: Setup) -> float:

@@ -48,6 +48,18 @@ class Deep(ServiceMethod):
         return {"score": float(e.nc.mean()), "success_rate": e.success_rate,
                 "verified": float(e.success_rate >= setup.budget["sr_threshold"])}
 
+    def detect_many(self, suspect, secrets: list, setup: Setup) -> list[dict[str, float]]:
+        """R run once per extractor (every secret of a key population shares the owner's R and H:
+        only δ differs), then each δ scored against the same extractions."""
+        x, tau, out, rows = outputs(suspect, setup), image_config(setup).tau, {}, []
+        for s in secrets:
+            if id(s.r) not in out:
+                out[id(s.r)] = s.extract(x)
+            e = ip.verify_extracted(s, out[id(s.r)], tau)
+            rows.append({"score": float(e.nc.mean()), "success_rate": e.success_rate,
+                         "verified": float(e.success_rate >= setup.budget["sr_threshold"])})
+        return rows
+
     def null_secrets(self, trained: Trained, setup: Setup, n: int, seed: int) -> list:
         """The owner's R read against logos that are not the owner's: QR-like patterns, and the
         owner's logo shifted by a pixel (the key of this method is the pair R, δ)."""

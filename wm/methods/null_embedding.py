@@ -28,13 +28,20 @@ class NullEmbedding(Method):
     not_applicable = {"overwrite": "the null embedding has no keyed weights or outputs to overwrite; adding a "
                                    "second watermark is its piracy row"}
 
+    null_archs = ("smallcnn", "smallcnn_nobn")
+    """The small CNN, and the same CNN without batch norm (biases, He init)."""
+
     def train_twin(self, setup: Setup):
         cfg, d = ne_config(setup), setup.data  # the same recipe, no stamped batches
-        return ne.train_model(cfg, d["x_train"], d["y_train"], seed=setup.seed)[0]
+        norm = "none" if self.arch(setup) == "smallcnn_nobn" else "batch"
+        return ne.train_model(cfg, d["x_train"], d["y_train"], seed=setup.seed, norm=norm)[0]
+
+    def owner_secret(self, setup: Setup):
+        return ne_config(setup).owner(0).sign(ne_config(setup).timestamp)
 
     def mark(self, setup: Setup, twin):
         cfg, d = ne_config(setup), setup.data
-        sig = cfg.owner(0).sign(cfg.timestamp)
+        sig = self.owner_secret(setup)
         marked, _ = ne.train_model(cfg, d["x_train"], d["y_train"], seed=setup.seed, wm=cfg.watermark(sig))
         return marked, sig
 

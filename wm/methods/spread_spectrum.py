@@ -41,8 +41,11 @@ class SpreadSpectrumMethod(ServiceMethod):
                       "piracy": "a thief's own spread-spectrum mark on the outputs is the overwrite row"}
 
     def mark(self, setup: Setup, twin):
-        ss = ip.SpreadSpectrum.create(N_BITS, image_config(setup).size, PSNR, setup.seed)
+        ss = self.owner_secret(setup)
         return MarkedService(twin, ss).eval(), ss
+
+    def owner_secret(self, setup: Setup):
+        return ip.SpreadSpectrum.create(N_BITS, image_config(setup).size, PSNR, setup.seed)
 
     def detect(self, suspect, secret, setup: Setup) -> dict[str, float]:
         acc = secret.bit_accuracy(outputs(suspect, setup))
