@@ -83,6 +83,11 @@ class Config(StudyConfig):
 
     PROFILE_DEFAULTS = {"smoke": dict(members=2, seeds=1), "cpu": dict(), "gpu": dict(members=50)}
 
+    def validate(self) -> None:
+        if isinstance(self.recipes, str):  # one recipe, as a sweep's grid gives it (-p recipes smallcnn)
+            self.recipes = (self.recipes,)
+        super().validate()
+
     def check(self) -> None:
         from wm.config import require
         require(self.first_member > self.seed + self.seeds + 99, "first_member", self.first_member,
