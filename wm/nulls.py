@@ -199,3 +199,34 @@ def decisions(table: pd.DataFrame, models: pd.DataFrame | None = None, fprs=FPRS
         for r in own.itertuples():
             add(method, r.attack, r.strength, seed, "auc", roc_auc([r.value], pool), "auc")
     return pd.DataFrame(rows)
+
+
+def published_models(scfg) -> tuple[pd.DataFrame | None, str]:
+    """The published independent-model population (data/results/nulls.csv) where it stands beside
+    the suite configured by SCFG (a wm.suite.Config): the same profile, the profile's default
+    budget (the population was trained with it) and every seed of the suite scored. Returns the
+    rows (or None) and a sentence saying which, for the chapter."""
+    from wm import results as res
+    from wm import suite
+
+    path = res.PUBLISHED_RESULTS / "nulls.csv"
+    if not path.is_file():
+        return None, "no independent-model population is published (data/results/nulls.csv)"
+    table = res.load("nulls", res.PUBLISHED_RESULTS)
+    default = suite.Config.from_profile(scfg.profile)
+    if set(table.profile) != {scfg.profile}:
+        return None, f"the published independent models are of profile {', '.join(sorted(set(table.profile)))}, not {scfg.profile}"
+    changed = [k for kind in ("classifier-white", "image-service")
+               for k, v in scfg.budget(kind).items() if default.budget(kind)[k] != v]
+    if changed:
+        return None, f"this suite's budget differs from the {scfg.profile} profile's ({', '.join(sorted(set(changed)))}): " \
+                     "the published independent models were trained with the profile's"
+    models = table[table.experiment == NULL_MODELS]
+    seeds = set(range(scfg.seed, scfg.seed + scfg.seeds))
+    scored = set(models[models.method != "none"].seed)
+    if not seeds <= scored:
+        return None, f"the published independent models are scored for owner seeds {sorted(scored)}, not {sorted(seeds)}"
+    methods = sorted(set(models.method) - {"none"})
+    n = models[(models.method != "none") & (models.metric == "score")].groupby("method").size()
+    return models, (f"independent models from data/results/nulls.csv: " +
+                    ", ".join(f"{REGISTRY[m].label} {n[m] // len(scored)} per seed" for m in methods))

@@ -289,6 +289,13 @@ def attacked_versions(cfg: Config, method: Method, suspect: Any, trained: Traine
             yield attack, fmt(strength), out, claim, time.perf_counter() - t
 
 
+def axis_label(attack: str) -> str:
+    """What ATTACK's strength measures (a registered attack's axis, or its owners' own)."""
+    if attack in attack_registry.REGISTRY:
+        return attack_registry.REGISTRY[attack].axis
+    return next(m.own_attacks[attack] for m in METHODS_REGISTRY.values() if attack in m.own_attacks)
+
+
 def control_model(method: Method) -> str:
     """The `model` column of METHOD's control rows (method `none`)."""
     return f"{method.twin_model}:control_{method.name}"
