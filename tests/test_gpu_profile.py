@@ -39,6 +39,9 @@ TINY = {
                          stage1_epochs=1, stage2_epochs=1, finetune_epochs=(0.25,), prune_amounts=(0.5,),
                          quant_bits=(8,), noise_k=(0.1,), distill_epochs=(0.25,), surrogate_epochs=(1,),
                          piracy_epochs=(0.25,), overwrite_psnr=(35.0,), timings=False),
+    "nulls": dict(members=1, budget="width=8,n_train=256,n_attacker=128,n_test=128,epochs=0.25,batch_size=64,"
+                                    "n_bits=64,size=16,n_owner=32,n_attacker_pairs=32,n_test_pairs=16,m_epochs=1,"
+                                    "stage1_epochs=1,stage2_epochs=1"),
     "comparison": {},
 }
 """Per notebook: sizes, epochs and grids small enough for a CPU. Never a model or a branch."""

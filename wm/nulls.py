@@ -24,6 +24,7 @@ intervals over seeds.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 
@@ -80,6 +81,10 @@ class Config(StudyConfig):
     """First owner seed: the suite's seeds seed, seed + 1, ... whose secrets score the models."""
     seeds: int = param(3, ge=1, le=MAX_SEEDS)
     """Owner seeds (the suite's)."""
+    budget: str = ""
+    """Overrides of the suite's budget at this profile, as `name=value,name=value` (e.g.
+    "n_train=256,epochs=0.5"): the models must be trained as the twins of the suite they serve,
+    which the suite checks before using them (`published_models`). Empty: the profile's."""
 
     PROFILE_DEFAULTS = {"smoke": dict(members=2, seeds=1), "cpu": dict(), "gpu": dict(members=50)}
 
@@ -92,12 +97,27 @@ class Config(StudyConfig):
         from wm.config import require
         require(self.first_member > self.seed + self.seeds + 99, "first_member", self.first_member,
                 "above the owner seeds and their offsets (seed + seeds + 99)")
+        try:
+            suite_config(self)
+        except ValueError as err:
+            raise ValueError(f"budget={self.budget!r}: {err}") from None
+
+    def overrides(self) -> dict:
+        """`budget` as the suite Config's keyword arguments."""
+        from wm.runner import parse_value
+        out = {}
+        for item in filter(None, (i.strip() for i in self.budget.split(","))):
+            name, sep, text = item.partition("=")
+            if not sep or name.strip() in ("profile", "seed", "seeds"):
+                raise ValueError(f"{item!r} must look like name=value (a suite budget field)")
+            out[name.strip()] = parse_value(text.strip())
+        return out
 
 
 def suite_config(cfg: Config):
     """The attack suite's Config these populations stand beside (its profile defaults)."""
     from wm import suite
-    return suite.Config.from_profile(cfg.profile, seed=cfg.seed, seeds=cfg.seeds)
+    return suite.Config.from_profile(cfg.profile, seed=cfg.seed, seeds=cfg.seeds, **cfg.overrides())
 
 
 def independent_models(cfg: Config, device, results, log=print) -> dict[str, float]:
@@ -213,14 +233,19 @@ def published_models(scfg) -> tuple[pd.DataFrame | None, str]:
     if not path.is_file():
         return None, "no independent-model population is published (data/results/nulls.csv)"
     table = res.load("nulls", res.PUBLISHED_RESULTS)
-    default = suite.Config.from_profile(scfg.profile)
+    sidecar = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").is_file() else {}
+    built = sidecar.get("parameters", {}).get("budget", "")
+    try:
+        default = suite_config(Config(profile=scfg.profile, budget=built))
+    except ValueError as err:
+        return None, f"the published independent models' budget is unreadable here ({err})"
     if set(table.profile) != {scfg.profile}:
         return None, f"the published independent models are of profile {', '.join(sorted(set(table.profile)))}, not {scfg.profile}"
     changed = [k for kind in ("classifier-white", "image-service")
                for k, v in scfg.budget(kind).items() if default.budget(kind)[k] != v]
     if changed:
-        return None, f"this suite's budget differs from the {scfg.profile} profile's ({', '.join(sorted(set(changed)))}): " \
-                     "the published independent models were trained with the profile's"
+        return None, f"this suite's budget differs from the one the published independent models were trained " \
+                     f"with ({', '.join(sorted(set(changed)))})"
     models = table[table.experiment == NULL_MODELS]
     seeds = set(range(scfg.seed, scfg.seed + scfg.seeds))
     scored = set(models[models.method != "none"].seed)
