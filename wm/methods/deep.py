@@ -14,6 +14,7 @@ find the owner's logo under the thief's.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 
 from wm import image_processing as ip
 from wm.methods import Setup, Trained, register
@@ -29,6 +30,8 @@ class Deep(ServiceMethod):
     model = "unet_h"
     rule = "R finds the logo (centred NC ≥ τ) in at least sr_threshold of the outputs"
     own_attacks = {**ServiceMethod.own_attacks, "piracy": "epochs of the thief's stage 1"}
+    _thieves: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    """Marked service → {epochs: the thief's mark trained on its outputs} (see `attack`)."""
     not_applicable = {"distill": "soft-label distillation needs class probabilities; the image service's "
                                  "black-box counterpart is the surrogate"}
 
@@ -78,7 +81,17 @@ class Deep(ServiceMethod):
     def attack(self, attack: str, strength, suspect, trained: Trained, setup: Setup):
         if attack != "piracy":
             return super().attack(attack, strength, suspect, trained, setup)
-        thief = self.thief_mark(suspect, setup, strength)
+        # The twin's piracy control reuses the thief trained on the marked service's outputs (its
+        # stage 1 is the suite's costliest step, 7.6 min a seed on 2 AMD cores): the control asks
+        # whether the owner's R fires on an innocent service's outputs under the thief's H′, and an
+        # H′ that has seen the owner's marked outputs is, if anything, likelier to make it fire.
+        made = self._thieves.setdefault(trained.marked, {})
+        if suspect is trained.twin and strength in made:
+            thief = made[strength]
+        else:
+            thief = self.thief_mark(suspect, setup, strength)
+            if suspect is trained.marked:
+                made[strength] = thief
         out = thief.embed(outputs(suspect, setup))
         return out, self.detect(out, thief, setup)
 
