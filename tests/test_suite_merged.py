@@ -1,0 +1,51 @@
+"""The suite chapter shown from a sweep over seeds (wm.suite.load_merged): only a sweep whose
+every run finished, ran the chapter's parameters and covers its seeds is accepted."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from wm import suite
+
+
+def _sweep(tmp_path, seeds, finished=None, fixed=None):
+    keys = {f"k{s}": {"seeds": "1", "seed": str(s), **(fixed or {})} for s in seeds}
+    rows = []
+    for s in seeds:
+        (tmp_path / "runs" / f"k{s}").mkdir(parents=True)
+        (tmp_path / "runs" / f"k{s}" / "done.json").write_text(json.dumps({"wall_seconds": 60.0 + s, "threads": 1,
+                                                                         "device": "cpu:x"}))
+        rows += [dict(study="attack_suite", method="watermas", model="smallcnn", experiment="suite", attack="none",
+                      strength="", seed=s, metric="score", value=0.9, profile="smoke", case=""),
+                 dict(study="attack_suite", method="watermas", model="smallcnn", experiment="decision", attack="none",
+                      strength="", seed=s, metric="threshold", value=0.6, profile="smoke", case="fpr=0.01")]
+    pd.DataFrame(rows).to_csv(tmp_path / "attack_suite.csv", index=False)
+    (tmp_path / "attack_suite.json").write_text(json.dumps(
+        {"study": "attack_suite", "profile": "smoke", "runs": len(seeds),
+         "finished": len(seeds) if finished is None else finished, "keys": keys}))
+    return tmp_path / "attack_suite.csv"
+
+
+def test_a_complete_sweep_gives_its_rows_without_decisions_and_its_run_times(tmp_path):
+    rows, timings = suite.load_merged(suite.Config.from_profile("smoke", seeds=2), _sweep(tmp_path, [0, 1]))
+    assert len(rows) == 2 and {r["experiment"] for r in rows} == {"suite"}
+    assert rows[0]["strength"] is None and list(timings.index) == [0, 1] and list(timings.total) == [60.0, 61.0]
+
+
+@pytest.mark.parametrize("case,match", [("unfinished", "finished"), ("seeds", "cover seeds"),
+                                        ("parameters", "n_train"), ("profile", "not attack_suite at cpu")])
+def test_a_sweep_that_is_not_this_chapters_is_refused(tmp_path, case, match):
+    cfg = suite.Config.from_profile("smoke", seeds=3)
+    if case == "unfinished":
+        path = _sweep(tmp_path, [0, 1, 2], finished=2)
+    elif case == "seeds":
+        path = _sweep(tmp_path, [0, 1])
+    elif case == "parameters":
+        path = _sweep(tmp_path, [0, 1, 2], fixed={"n_train": "1600"})
+    else:
+        path, cfg = _sweep(tmp_path, [0, 1, 2]), suite.Config.from_profile("cpu")
+    with pytest.raises(ValueError, match=match):
+        suite.load_merged(cfg, path)
