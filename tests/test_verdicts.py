@@ -43,3 +43,11 @@ def test_a_baseline_that_does_not_decode_unattacked_makes_the_comparison_not_tes
     v = verdicts.baseline_decodes([0, 0, 1])  # the spread-spectrum baseline at 32×32: 0.87 / 0.76 / 0.67 bits
     assert v.level == "not testable" and "1 of 3" in v.found
     assert verdicts.baseline_decodes([]).level == "not testable"
+
+
+def test_a_verdict_line_can_print_its_rule_without_its_word():
+    import pandas as pd
+    v = verdicts.pirate_resisted(pd.DataFrame({"owner_verified": [0], "pirate_verified": [0], "cost": [0.0]}), 0.02)
+    assert v.explain().startswith("Rule: ") and "Found: " in v.explain() and "**" not in v.explain()
+    assert v.level is False  # the pirate failed, but so did the owner: no resistance
+    assert verdicts.verdict("not testable", "x").startswith("**Not testable here.**")

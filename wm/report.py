@@ -38,11 +38,13 @@ def ci_text(values, scale: float = 1.0, digits: int = 2) -> str:
 
 
 VERDICTS = {True: "Holds here.", False: "Does not hold here.", "partly": "Partly holds here.",
-            "measured": "Measured (the paper states no number to test):"}
+            "measured": "Measured (the paper states no number to test):",
+            "not testable": "Not testable here."}
 
 
 def verdict(level: bool | str, text: str) -> str:
-    """A verdict line: LEVEL is True (holds), False (does not hold), "partly" or "measured"."""
+    """A verdict line: LEVEL is True (holds), False (does not hold), "partly", "measured" or "not
+    testable" (the comparison's control cannot fail)."""
     return f"**{VERDICTS[level]}** {text}"
 
 
@@ -179,7 +181,11 @@ class Verdict:
     def text(self) -> str:
         word = {True: "Holds", False: "Does not hold", "partly": "Partly holds",
                 "not testable": "Not testable"}[self.level]
-        return f"**{word}.** Rule: {self.rule} Found: {self.found}"
+        return f"**{word}.** {self.explain()}"
+
+    def explain(self) -> str:
+        """The rule and what it found, without the verdict's word (for a chapter's own verdict line)."""
+        return f"Rule: {self.rule} Found: {self.found}"
 
 
 def beats_ablation(table) -> Verdict:
