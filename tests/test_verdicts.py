@@ -51,3 +51,19 @@ def test_a_verdict_line_can_print_its_rule_without_its_word():
     assert v.explain().startswith("Rule: ") and "Found: " in v.explain() and "**" not in v.explain()
     assert v.level is False  # the pirate failed, but so did the owner: no resistance
     assert verdicts.verdict("not testable", "x").startswith("**Not testable here.**")
+
+
+def test_the_amplitude_aware_rule_refuses_a_faint_logo_that_the_nc_accepts():
+    """Counter-example for the centred-NC success rule: a tenth of the logo on a grey field has NC 1
+    (it succeeds at every τ) but carries 0.1 of δ's contrast, so the amplitude-aware rule refuses it."""
+    import torch
+
+    from wm import image_processing as ip
+    delta = (torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    wmk = type("W", (), {"delta": delta})()
+    full = ip.verify_extracted(wmk, delta.repeat(4, 1, 1, 1), tau=0.9)
+    faint = ip.verify_extracted(wmk, 0.5 + 0.1 * delta.repeat(4, 1, 1, 1), tau=0.9)
+    assert full.success_rate == 1 and full.success_rate_amp == 1 and abs(full.gain - 1).max() < 1e-5
+    assert faint.success_rate == 1 and faint.success_rate_amp == 0 and abs(faint.gain - 0.1).max() < 1e-5
+    curve = faint.success_over([0.5, 0.99])
+    assert curve.iloc[:, 1].tolist() == [1.0, 1.0] and curve.iloc[:, 2].tolist() == [0.0, 0.0]

@@ -10,12 +10,16 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wm import ROOT, data
+from wm import ROOT, data, metrics
+
+if TYPE_CHECKING:  # the extractor's type only: wm.image_processing imports this module
+    from wm.image_processing import DeepWatermark
 
 WATERMARKS = ("logo", "qr")
 LOGO_PATH = ROOT / "data" / "watermarks" / "logo.png"
@@ -205,3 +209,58 @@ def tv_denoise(x: torch.Tensor, weight: float) -> torch.Tensor:
     arr = x.permute(0, 2, 3, 1).cpu().numpy().astype(np.float64)
     out = np.stack([denoise_tv_chambolle(im, weight=weight, channel_axis=-1) for im in arr])
     return torch.from_numpy(out).float().permute(0, 3, 1, 2).contiguous().to(x.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# R's verdict on a batch: NC against δ, its gain, the success rates
+# ---------------------------------------------------------------------------------------------
+
+MIN_GAIN = 0.5
+"""The amplitude-aware success rule's second condition: R's output carries at least half of δ's
+contrast (`Extraction.gain`). The centred NC alone is blind to amplitude: a faint logo-shaped
+residue correlates as well as the logo itself."""
+
+
+class Extraction:
+    """R's verdict on a batch of images: per-image centred and uncentred NC against δ, the gain
+    (how much of δ's centred pattern R's output carries: its least-squares coefficient, 1 = the
+    whole logo, 0 = none), and the share of images whose centred NC reaches tau (the success
+    rate), also with the gain at least MIN_GAIN (the amplitude-aware rate)."""
+
+    def __init__(self, nc: np.ndarray, nc_raw: np.ndarray, tau: float, gain: np.ndarray | None = None):
+        self.nc, self.nc_raw, self.tau = nc, nc_raw, tau
+        self.gain = np.ones_like(nc) if gain is None else gain
+
+    @property
+    def success_rate(self) -> float:
+        return float((self.nc >= self.tau).mean())
+
+    @property
+    def success_rate_amp(self) -> float:
+        return float(((self.nc >= self.tau) & (self.gain >= MIN_GAIN)).mean())
+
+    def success_over(self, taus):
+        """Both success rates at each threshold of TAUS (a DataFrame)."""
+        import pandas as pd
+        return pd.DataFrame([{"tau": t, "centred NC ≥ τ": float((self.nc >= t).mean()),
+                              f"and gain ≥ {MIN_GAIN:g}": float(((self.nc >= t) & (self.gain >= MIN_GAIN)).mean())}
+                             for t in taus])
+
+    def metrics(self) -> dict[str, float]:
+        return {"nc": float(self.nc.mean()), "nc_raw": float(self.nc_raw.mean()), "success_rate": self.success_rate,
+                "success_rate_amp": self.success_rate_amp}
+
+
+def verify(wmk: DeepWatermark, x: torch.Tensor, tau: float) -> Extraction:
+    """Run R on X and score every output against δ (WMK: a wm.image_processing.DeepWatermark)."""
+    return verify_extracted(wmk, wmk.extract(x), tau)
+
+
+def verify_extracted(wmk: DeepWatermark, out: torch.Tensor, tau: float) -> Extraction:
+    """Score R's outputs OUT (R already run) against δ."""
+    target = wmk.delta.expand_as(out)
+    o = out.float().flatten(1)
+    d = target.float().flatten(1)
+    o, d = o - o.mean(1, keepdim=True), d - d.mean(1, keepdim=True)
+    gain = ((o * d).sum(1) / (d * d).sum(1).clamp_min(1e-12)).cpu().numpy()
+    return Extraction(metrics.nc(out, target, centred=True), metrics.nc(out, target, centred=False), tau, gain)

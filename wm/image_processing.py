@@ -40,14 +40,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from wm import metrics
 # the task's data and the classical pieces live in wm.deraining; the notebook and the methods reach them here
-from wm.deraining import (LOGO_PATH, WATERMARKS, Pairs, SpreadSpectrum, _subseed, add_noise, add_rain,  # noqa: F401
+from wm.deraining import (MIN_GAIN, Extraction, verify, verify_extracted,  # noqa: F401 (re-exported)
+                          LOGO_PATH, WATERMARKS, Pairs, SpreadSpectrum, _subseed, add_noise, add_rain,  # noqa: F401
                           deliver, load_logo, make_logo, make_pairs, qr_pattern, split_photos, tv_denoise,
                           watermark_image)
 from wm.image_models import (SM_ARCHS, VGG_FILE, DilatedResNet, Embedder, InstanceNorm,  # noqa: F401 (re-exported)
@@ -410,34 +410,6 @@ def train_stage2(cfg: Config, wmk: DeepWatermark, a: torch.Tensor, b: torch.Tens
     hist = log.history()
     r.eval()
     return hist
-
-
-@dataclass(frozen=True)
-class Extraction:
-    """R's verdict on a batch of images: per-image centred and uncentred NC against δ, and the
-    share of images whose centred NC reaches tau (the success rate)."""
-
-    nc: np.ndarray
-    nc_raw: np.ndarray
-    tau: float
-
-    @property
-    def success_rate(self) -> float:
-        return float((self.nc >= self.tau).mean())
-
-    def metrics(self) -> dict[str, float]:
-        return {"nc": float(self.nc.mean()), "nc_raw": float(self.nc_raw.mean()), "success_rate": self.success_rate}
-
-
-def verify(wmk: DeepWatermark, x: torch.Tensor, tau: float) -> Extraction:
-    """Run R on X and score every output against δ."""
-    return verify_extracted(wmk, wmk.extract(x), tau)
-
-
-def verify_extracted(wmk: DeepWatermark, out: torch.Tensor, tau: float) -> Extraction:
-    """Score R's outputs OUT (R already run) against δ."""
-    target = wmk.delta.expand_as(out)
-    return Extraction(metrics.nc(out, target, centred=True), metrics.nc(out, target, centred=False), tau)
 
 
 def image_quality(x: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:

@@ -33,8 +33,8 @@ STUDY_ATTACKS = ("none", "transfer")
 """Attack names of the table beyond the registries': `none` (unattacked) and the null-embedding
 study's transfer learning."""
 METRICS = ("score", "p_value", "threshold", "tpr_at_fpr", "auc", "fpr", "fpr_upper", "test_acc", "wm_acc_null", "wm_acc_true", "verified", "ber", "psnr", "ssim", "nc", "nc_raw",
-           "success_rate", "bit_acc", "sharpness", "seconds")
-RATES = {"p_value", "tpr_at_fpr", "auc", "fpr", "fpr_upper", "test_acc", "wm_acc_null", "wm_acc_true", "verified", "ber", "success_rate", "bit_acc"}
+           "success_rate", "success_rate_amp", "bit_acc", "sharpness", "seconds")
+RATES = {"p_value", "tpr_at_fpr", "auc", "fpr", "fpr_upper", "test_acc", "wm_acc_null", "wm_acc_true", "verified", "ber", "success_rate", "success_rate_amp", "bit_acc"}
 EXAMPLE_STUDY = "quickstart"  # the clean reference: what each attack costs a model with no watermark
 
 
