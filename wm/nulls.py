@@ -81,6 +81,8 @@ class Config(StudyConfig):
     """First owner seed: the suite's seeds seed, seed + 1, ... whose secrets score the models."""
     seeds: int = param(3, ge=1, le=MAX_SEEDS)
     """Owner seeds (the suite's)."""
+    merged: str = ""
+    """A sweep's merged table (data/sweeps/nulls-<profile>/nulls.csv) to show instead of building."""
     budget: str = ""
     """Overrides of the suite's budget at this profile, as `name=value,name=value` (e.g.
     "n_train=256,epochs=0.5"): the models must be trained as the twins of the suite they serve,

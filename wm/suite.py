@@ -150,6 +150,9 @@ class Config(StudyConfig):
     """Verdicts: a classifier attack is 'cheap' when it costs at most this much test accuracy (2 points)."""
     useful_psnr_drop: float = param(1.0, gt=0, le=200)
     """Verdicts: an image-service attack is 'cheap' when it costs at most this many dB of PSNR."""
+    merged: str = ""
+    """A sweep of this suite over seeds (the merged table of `python -m wm sweep attack_suite --grid
+    seed=... -p seeds 1`): the chapter shows its runs instead of training (`load_merged`)."""
     timings: bool = True
     """Record the wall-clock seconds of every training and attack as `seconds` rows. They differ from
     run to run, so the smoke profile (where CI compares two same-seed tables) leaves them out."""
@@ -391,11 +394,12 @@ def load_merged(cfg: Config, merged) -> tuple[list[dict], "Any"]:
         raise ValueError(f"{merged} is a sweep of {sweep.get('study')} at {sweep.get('profile')}, not attack_suite at {cfg.profile}")
     if sweep["finished"] != sweep["runs"]:
         raise ValueError(f"{merged}: only {sweep['finished']} of its {sweep['runs']} runs finished")
-    mine = {k: v for k, v in cfg.as_dict().items() if k not in ("seed", "seeds", "profile")}
+    apart = ("seed", "seeds", "profile", "merged")
+    mine = {k: v for k, v in cfg.as_dict().items() if k not in apart}
     seeds, timings = [], []
     for key, args in sweep["keys"].items():
         run = Config.from_profile(cfg.profile, **{k: parse_value(v) for k, v in args.items()})
-        theirs = {k: v for k, v in run.as_dict().items() if k not in ("seed", "seeds", "profile")}
+        theirs = {k: v for k, v in run.as_dict().items() if k not in apart}
         if theirs != mine:
             diff = sorted(k for k in mine if mine[k] != theirs[k])
             raise ValueError(f"{merged}: run {key} ran other parameters than this chapter's ({', '.join(diff)})")
