@@ -547,26 +547,29 @@ def wall_times() -> list[dict]:
     return out
 
 
-def null_build_section() -> list[str]:
-    """The null-population build's runs (data/results/nulls.json records them: the published
-    chapter only shows the sweep that built them)."""
-    path = ROOT / "data" / "results" / "nulls.json"
-    if not path.is_file():
+def sweep_builds_section() -> list[str]:
+    """The chapters a sweep builds (the null populations, the attack suite at cpu): their
+    published sidecars record the sweep's runs (`parameters.build`), since the chapter's own wall
+    time is only that of the view that shows them."""
+    out = []
+    for path in sorted((ROOT / "data" / "results").glob("*.json")):
+        doc = json.loads(path.read_text())
+        runs = doc.get("parameters", {}).get("build", [])
+        if not runs:
+            continue
+        total = sum(r["minutes"] for r in runs)
+        out += [f"### {path.stem}", "",
+                f"{len(runs)} runs, {total:.1f} run-minutes in all (each run's own wall time; runs that shared the "
+                "cores ran slower than one alone would):", "",
+                "| run | minutes | threads | device |", "|---|---|---|---|"]
+        out += [f"| {r['parameters']} | {r['minutes']:.1f} | {r['threads']} | {r['device']} |" for r in runs] + [""]
+    if not out:
         return []
-    doc = json.loads(path.read_text())
-    runs = doc.get("parameters", {}).get("build", [])
-    if not runs:
-        return []
-    total = sum(r["minutes"] for r in runs)
-    out = ["## The null-population build", "",
-           "The independent unmarked models of the null populations ({doc}`nulls`) are built by a sweep of "
-           "`notebooks/nulls.ipynb` over recipes and chunks of member seeds, each run cached by key under "
-           "`data/sweeps/nulls-<profile>/`; the chapter shows the merged table. Its runs, as the published "
-           f"sidecar records them ({len(runs)} runs, {total:.1f} run-minutes in all; with two workers of one "
-           "thread each the sweep took about half that in wall time):", "",
-           "| run | minutes | threads | device |", "|---|---|---|---|"]
-    out += [f"| {r['parameters']} | {r['minutes']:.1f} | {r['threads']} | {r['device']} |" for r in runs]
-    return out + [""]
+    return ["## Chapters built by a sweep", "",
+            "The null populations ({doc}`nulls`) and, at `cpu`, the attack suite ({doc}`attack_suite`) exceed a "
+            "chapter's budget in one execution: a sweep builds them (`python -m wm sweep`, each run cached by key "
+            "under `data/sweeps/`) and the chapter shows the merged table. The runs, as the published sidecars "
+            "record them:", ""] + out
 
 
 def book_page(rows: list[Row], args, devices: dict[str, str], started: str) -> str:
@@ -686,7 +689,7 @@ def book_page(rows: list[Row], args, devices: dict[str, str], started: str) -> s
                   f"({w['wall_seconds']:.0f} s) | {w['started']} | `{w['commit']}` |" for w in walls]
     else:
         parts.append("No provenance sidecar was found in `data/results/`.")
-    parts += [""] + null_build_section()
+    parts += [""] + sweep_builds_section()
     return "\n".join(parts) + "\n"
 
 
