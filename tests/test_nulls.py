@@ -104,3 +104,11 @@ def test_a_published_population_is_used_only_beside_its_own_budget(tmp_path, mon
     assert nulls.published_models(suite.Config.from_profile("smoke", n_train=1600))[0] is None  # another budget
     assert nulls.published_models(suite.Config.from_profile("smoke", seeds=2))[0] is None  # seed 1 not scored
     assert "profile" in nulls.published_models(suite.Config.from_profile("cpu"))[1]
+
+
+def test_the_bit_and_signature_detectors_give_exact_p_values():
+    """binomial p-values: all 64 bits right by chance is 2^-64; half of them is unremarkable."""
+    from wm.metrics import binomial_tail
+    assert binomial_tail(64, 64) == pytest.approx(2.0 ** -64)
+    assert 0.4 < binomial_tail(32, 64) < 0.6
+    assert binomial_tail(0, 10, 0.1) == 1.0

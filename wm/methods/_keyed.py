@@ -12,7 +12,7 @@ import random
 from wm import watermas as wmas
 from wm.methods import Method, Setup, Trained
 from wm.methods._setups import wmas_config
-from wm.metrics import ber_threshold
+from wm.metrics import ber_threshold, binomial_tail
 from wm.train import TrainConfig, evaluate, fit
 
 PIRATE, OVERWRITE = 1000, 7
@@ -54,9 +54,11 @@ class KeyedWeights(Method):
         return wmas.ber(suspect, key)
 
     def detect(self, suspect, secret, setup: Setup) -> dict[str, float]:
-        b = self.ber(suspect, secret)
-        bound = ber_threshold(len(secret.bits), setup.budget["ber_fpr"])
-        return {"score": 1.0 - b, "ber": b, "verified": float(b <= bound)}
+        b, n = self.ber(suspect, secret), len(secret.bits)
+        bound = ber_threshold(n, setup.budget["ber_fpr"])
+        # the exact chance that a model unrelated to the key reads this many bits right (fair coins)
+        p = binomial_tail(round((1.0 - b) * n), n)
+        return {"score": 1.0 - b, "ber": b, "p_value": p, "verified": float(b <= bound)}
 
     def utility(self, suspect, setup: Setup) -> float:
         return evaluate(suspect, setup.data["x_test"], setup.data["y_test"])

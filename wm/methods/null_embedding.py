@@ -14,6 +14,7 @@ import random
 from wm import null_embedding as ne
 from wm.methods import Method, Setup, Trained, register
 from wm.methods._setups import ne_config
+from wm.metrics import binomial_tail
 from wm.train import evaluate
 
 class NullEmbedding(Method):
@@ -55,7 +56,12 @@ class NullEmbedding(Method):
         else:
             v = ne.verify(suspect, secret, d["x_test"], d["y_test"], cfg.n, cfg.lam, 10, cfg.threshold)
             acc_null, acc_true, ok = v.acc_null, v.acc_true, v.verified
-        return {"score": min(acc_null, acc_true), "wm_acc_null": acc_null, "wm_acc_true": acc_true,
+        # the exact chance that a model unrelated to the pattern sends this many true-stamped images
+        # to the signature's class, were its answers uniform over the 10 classes
+        target = (secret if isinstance(secret, ne.Watermark) else cfg.watermark(secret)).target
+        n = int((d["y_test"] != target).sum())  # acc_true's images: those not already of the target class
+        p = binomial_tail(round(acc_true * n), n, 0.1)
+        return {"score": min(acc_null, acc_true), "wm_acc_null": acc_null, "wm_acc_true": acc_true, "p_value": p,
                 "verified": float(ok)}
 
     def utility(self, suspect, setup: Setup) -> float:
