@@ -38,6 +38,18 @@ def test_a_pirate_is_resisted_only_where_the_owner_still_verifies():
     assert verdicts.pirate_resisted(some, cheap=2).level == "partly"
 
 
+def test_an_attack_fails_only_where_it_succeeds_on_no_seed():
+    def table(successes):  # settings a, b × seeds 0..2
+        return pd.DataFrame({"setting": ["a"] * 3 + ["b"] * 3, "seed": [0, 1, 2] * 2, "success": successes})
+    assert verdicts.attacker_fails(table([0] * 6), "the pirate verifies").level is True
+    # the claim is false: the pirate succeeds on every seed of setting b
+    v = verdicts.attacker_fails(table([0, 0, 0, 1, 1, 1]), "the pirate verifies")
+    assert v.level is False and "every seed in b" in v.found and v.rule.startswith("the pirate verifies")
+    # on one seed only: seed-dependent, not a finding either way
+    assert verdicts.attacker_fails(table([0, 1, 0, 0, 0, 0]), "x").level == "partly"
+    assert verdicts.attacker_fails(table([0] * 6)[:0], "x").level == "not testable"
+
+
 def test_a_baseline_that_does_not_decode_unattacked_makes_the_comparison_not_testable():
     assert verdicts.baseline_decodes([1, 1, 1]).level is True
     v = verdicts.baseline_decodes([0, 0, 1])  # the spread-spectrum baseline at 32×32: 0.87 / 0.76 / 0.67 bits

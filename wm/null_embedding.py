@@ -317,9 +317,13 @@ class Config(StudyConfig):
     profile: str = "cpu"
     """smoke, cpu or gpu (resolved from auto)."""
     seed: int = param(0, ge=0, le=MAX_SEED)
-    """First seed; the fidelity experiment uses seeds seed, seed+1, …"""
-    seeds: int = param(3, ge=2, le=MAX_SEEDS)
-    """Seeds of the fidelity experiment (mean ± 95% CI); seed k is also owner k's key."""
+    """First seed; the chapter repeats every experiment on seeds seed, seed+1, …"""
+    seeds: int = param(3, ge=1, le=MAX_SEEDS)
+    """Repetitions of every experiment (mean ± 95% CI); seed s is party s's key and model seed,
+    with party s+1 as its pirate (wm.ne_study)."""
+    merged: str = ""
+    """A sweep of this chapter over seeds (the merged table of `python -m wm sweep null_embedding
+    --grid seed=0,1,2 -p seeds 1`): the chapter shows its runs instead of training."""
     model: str = param("smallcnn", choices=("smallcnn", "resnet18"))
     """Architecture of the fidelity models: smallcnn (cpu) or resnet18 (gpu)."""
     width: int = param(16, ge=1, le=MAX_WIDTH)
@@ -394,9 +398,15 @@ class Config(StudyConfig):
         require(self.sweep_n_train >= self.batch_size, "sweep_n_train", self.sweep_n_train,
                 f"at least batch_size ({self.batch_size})")
 
+    def party(self, s: int) -> "Owner":
+        """Party S of the study: the owner of seed S's models, and the pirate of seed S-1's. Keys
+        are seeded so the study re-runs bit for bit, and a one-seed run of a sweep meets the same
+        parties as a run over every seed."""
+        return Owner.from_seed(f"party-{s}", s)
+
     def owner(self, k: int) -> "Owner":
-        """Party k of the study (k = 0 is the owner under attack; the others are other owners,
-        the pirate and false claimants). Keys are seeded so the study re-runs bit for bit."""
+        """Party k counted from this config's seed (the attack suite's owner 0 and pirate 1 of
+        each seed; for seed 0 the same parties as `party`)."""
         return Owner.from_seed(f"party-{k}", self.seed + k)
 
     def watermark(self, sig: Signature, n: int | None = None, lam: float | None = None,

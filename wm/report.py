@@ -167,6 +167,9 @@ def decision_metrics(marked, null, fprs=(0.01, 0.001)) -> list[tuple[str, dict[s
 #   significantly worse at none.
 # * `pirate_resisted`: a pirate counts as resisted only on seeds where the owner's mark still
 #   verifies after the piracy and the pirate's own mark does not verify at a cheap utility cost.
+# * `attacker_fails`: a claim that an attack (piracy, removal) fails holds only where the attacker
+#   reached its goal on no seed of any setting; it does not hold where the attacker reached it on
+#   every seed of some setting, and holds partly otherwise (seed-dependent).
 # * `baseline_decodes`: a comparison with a baseline is testable only where the baseline decodes
 #   unattacked (its unattacked score reaches its own rule on every seed); otherwise "not testable".
 
@@ -218,6 +221,21 @@ def pirate_resisted(table, cheap: float) -> Verdict:
              f"{owner_lost}.")
     level = bool(len(table)) and bool(resisted.all()) or ("partly" if resisted.any() else False)
     return Verdict(level, rule, found)
+
+
+def attacker_fails(table, goal: str) -> Verdict:
+    """TABLE: one row per setting and seed: setting, seed, success (0/1: the attacker reached
+    GOAL, e.g. "the pirate's mark verifies on a useful model", on that seed in that setting)."""
+    rule = (f"{goal} on no seed in any setting; it does not hold where that happens on every seed of a "
+            f"setting, and holds partly where it happens on some seeds only.")
+    by = table.groupby("setting", sort=False).success
+    always = [str(k) for k, g in by if bool((g == 1).all())]
+    ever = [str(k) for k, g in by if bool((g == 1).any())]
+    seeds = table.seed.nunique()
+    found = (f"over {seeds} seeds and {table.setting.nunique()} settings: on every seed in "
+             f"{', '.join(always) or 'no setting'}; on some seed in {len(ever)} setting(s).")
+    level = True if not ever else (False if always else "partly")
+    return Verdict(level if len(table) else "not testable", rule, found)
 
 
 def baseline_decodes(unattacked_verified) -> Verdict:

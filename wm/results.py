@@ -218,6 +218,12 @@ class Results:
         return csv_path
 
 
+def _value(text: str) -> float:
+    """A value cell: a number, or empty for NaN (how to_csv writes a measurement that does not
+    exist, e.g. the accuracies of a verification refused at the signature check)."""
+    return float(text) if text != "" else math.nan
+
+
 def load(study: str, directory: str | Path | None = None):
     """A study's table as a DataFrame (strength kept as text: it mixes numbers and blanks), from
     DIRECTORY or else the published data/results/."""
@@ -226,7 +232,48 @@ def load(study: str, directory: str | Path | None = None):
     if not path.is_file():
         raise FileNotFoundError(f"no results table at {path}: run `python -m wm run {study}` first")
     table = pd.read_csv(path, dtype={"strength": str, "case": str}, keep_default_na=False,
-                        converters={"value": float})
+                        converters={"value": _value})
     if "case" not in table.columns:
         table["case"] = ""
     return table
+
+
+def load_merged(study: str, cfg, merged, drop: tuple[str, ...] = ()):
+    """The rows of a sweep of STUDY over seeds (`python -m wm sweep STUDY --grid seed=0,1,2 -p
+    seeds 1`, its merged table MERGED) and the wall seconds of each run, after checking that every
+    run finished and ran CFG's parameters (a StudyConfig) but for its seed, and that together they
+    cover CFG's seeds. Rows of the experiments in DROP are left out (what the chapter recomputes).
+    Returns (rows for Results.add, a DataFrame of run times indexed by seed); raises ValueError
+    naming what does not match."""
+    import pandas as pd
+
+    from wm.runner import parse_value
+
+    path = Path(merged)
+    if not path.is_file() or not path.with_suffix(".json").is_file():
+        raise ValueError(f"{merged}: no merged sweep table (and its .json) there")
+    sweep = json.loads(path.with_suffix(".json").read_text())
+    if sweep.get("study") != study or sweep.get("profile") != cfg.profile:
+        raise ValueError(f"{merged} is a sweep of {sweep.get('study')} at {sweep.get('profile')}, not {study} at {cfg.profile}")
+    if sweep["finished"] != sweep["runs"]:
+        raise ValueError(f"{merged}: only {sweep['finished']} of its {sweep['runs']} runs finished")
+    apart = ("seed", "seeds", "profile", "merged")
+    mine = {k: v for k, v in cfg.as_dict().items() if k not in apart}
+    seeds, timings = [], []
+    for key, args in sweep["keys"].items():
+        run = type(cfg).from_profile(cfg.profile, **{k: parse_value(v) for k, v in args.items()})
+        theirs = {k: v for k, v in run.as_dict().items() if k not in apart}
+        if theirs != mine:
+            diff = sorted(k for k in mine if mine[k] != theirs[k])
+            raise ValueError(f"{merged}: run {key} ran other parameters than this chapter's ({', '.join(diff)})")
+        seeds += list(range(run.seed, run.seed + run.seeds))
+        done = json.loads((path.parent / "runs" / key / "done.json").read_text())
+        timings.append({"seed": run.seed, "total": done["wall_seconds"], "threads": done["threads"], "device": done["device"]})
+    if sorted(seeds) != list(range(cfg.seed, cfg.seed + cfg.seeds)):
+        raise ValueError(f"{merged}: its runs cover seeds {sorted(seeds)}, not {cfg.seed}..{cfg.seed + cfg.seeds - 1}")
+    table = pd.read_csv(path, dtype={"strength": str, "case": str}, keep_default_na=False, converters={"value": _value})
+    table = table[~table.experiment.isin(drop)]
+    rows = [{c: r[c] for c in COLUMNS if c not in ("study", "profile")} for r in table.to_dict("records")]
+    for r in rows:
+        r["strength"] = None if r["attack"] == "none" else r["strength"]
+    return rows, pd.DataFrame(timings).set_index("seed").sort_index()

@@ -376,41 +376,8 @@ def run_seed(cfg: Config, kinds: dict[str, Setup], seed: int, results) -> dict[s
 
 def load_merged(cfg: Config, merged) -> tuple[list[dict], "Any"]:
     """The rows of a sweep of this suite over seeds (`python -m wm sweep attack_suite --grid
-    seed=0,1,2 -p seeds 1`, its merged table MERGED) and the wall seconds of each run, after
-    checking that every run finished and ran CFG's parameters but for its seed, and that together
-    they cover CFG's seeds. Decision rows are left out: the chapter recomputes them with the null
-    populations published now. Raises ValueError naming what does not match."""
-    import json
-    from pathlib import Path
-
-    import pandas as pd
-
-    from wm import results as res
-    from wm.runner import parse_value
-
-    path = Path(merged)
-    sweep = json.loads(path.with_suffix(".json").read_text())
-    if sweep.get("study") != "attack_suite" or sweep.get("profile") != cfg.profile:
-        raise ValueError(f"{merged} is a sweep of {sweep.get('study')} at {sweep.get('profile')}, not attack_suite at {cfg.profile}")
-    if sweep["finished"] != sweep["runs"]:
-        raise ValueError(f"{merged}: only {sweep['finished']} of its {sweep['runs']} runs finished")
-    apart = ("seed", "seeds", "profile", "merged")
-    mine = {k: v for k, v in cfg.as_dict().items() if k not in apart}
-    seeds, timings = [], []
-    for key, args in sweep["keys"].items():
-        run = Config.from_profile(cfg.profile, **{k: parse_value(v) for k, v in args.items()})
-        theirs = {k: v for k, v in run.as_dict().items() if k not in apart}
-        if theirs != mine:
-            diff = sorted(k for k in mine if mine[k] != theirs[k])
-            raise ValueError(f"{merged}: run {key} ran other parameters than this chapter's ({', '.join(diff)})")
-        seeds += list(range(run.seed, run.seed + run.seeds))
-        done = json.loads((path.parent / "runs" / key / "done.json").read_text())
-        timings.append({"seed": run.seed, "total": done["wall_seconds"], "threads": done["threads"], "device": done["device"]})
-    if sorted(seeds) != list(range(cfg.seed, cfg.seed + cfg.seeds)):
-        raise ValueError(f"{merged}: its runs cover seeds {sorted(seeds)}, not {cfg.seed}..{cfg.seed + cfg.seeds - 1}")
-    table = pd.read_csv(path, dtype={"strength": str, "case": str}, keep_default_na=False, converters={"value": float})
-    table = table[table.experiment != nulls.DECISION]
-    rows = [{c: r[c] for c in res.COLUMNS if c not in ("study", "profile")} for r in table.to_dict("records")]
-    for r in rows:
-        r["strength"] = None if r["attack"] == "none" else r["strength"]
-    return rows, pd.DataFrame(timings).set_index("seed").sort_index()
+    seed=0,1,2 -p seeds 1`, its merged table MERGED) and the wall seconds of each run
+    (wm.results.load_merged). Decision rows are left out: the chapter recomputes them with the
+    null populations published now."""
+    from wm.results import load_merged as load
+    return load("attack_suite", cfg, merged, drop=(nulls.DECISION,))
