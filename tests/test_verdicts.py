@@ -50,6 +50,15 @@ def test_an_attack_fails_only_where_it_succeeds_on_no_seed():
     assert verdicts.attacker_fails(table([0] * 6)[:0], "x").level == "not testable"
 
 
+def test_a_ratio_claim_must_hold_on_every_seed():
+    assert verdicts.ratio_holds([3.3, 2.1, 1.8], 1.5, 1.05, "x").level is True
+    # the claim is false: on one seed the method is no sharper than its ablation, however high the mean
+    v = verdicts.ratio_holds([6.0, 5.0, 0.9], 1.5, 1.05, "x")
+    assert v.level is False and "0.90×" in v.found
+    assert verdicts.ratio_holds([1.2, 1.6, 1.3], 1.5, 1.05, "x").level == "partly"
+    assert verdicts.ratio_holds([], 1.5, 1.05, "x").level is False
+
+
 def test_a_baseline_that_does_not_decode_unattacked_makes_the_comparison_not_testable():
     assert verdicts.baseline_decodes([1, 1, 1]).level is True
     v = verdicts.baseline_decodes([0, 0, 1])  # the spread-spectrum baseline at 32×32: 0.87 / 0.76 / 0.67 bits

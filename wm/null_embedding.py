@@ -383,9 +383,9 @@ class Config(StudyConfig):
     """Timestamp in the verifier strings (fixed so the study re-runs identically)."""
 
     PROFILE_DEFAULTS = {
-        "smoke": dict(seeds=2, width=8, n_train=1500, n_test=500, n_verify=500, epochs=1, pirate_lrs=(0.01,),
+        "smoke": dict(seeds=2, width=8, n_train=1000, n_test=500, n_verify=500, epochs=1, pirate_lrs=(0.01,),
                       pirate_epochs=(1,), attack_epochs=0.5, sweep_lams=(1.0,), sweep_ns=(4,),
-                      sweep_n_train=1000, sweep_epochs=1),
+                      sweep_n_train=1000, sweep_epochs=1, n_random_signatures=5),
         "cpu": dict(),
         # ResNet-18 for the fidelity models; the BatchNorm, transfer and sweep models stay small CNNs
         "gpu": dict(model="resnet18", epochs=10, sweep_n_train=60000, sweep_epochs=6, batch_size=256, lr=0.1),

@@ -170,6 +170,8 @@ def decision_metrics(marked, null, fprs=(0.01, 0.001)) -> list[tuple[str, dict[s
 # * `attacker_fails`: a claim that an attack (piracy, removal) fails holds only where the attacker
 #   reached its goal on no seed of any setting; it does not hold where the attacker reached it on
 #   every seed of some setting, and holds partly otherwise (seed-dependent).
+# * `ratio_holds`: a "sharper than its ablation" claim holds only where the ratio reaches its
+#   bound on every seed, not on average.
 # * `baseline_decodes`: a comparison with a baseline is testable only where the baseline decodes
 #   unattacked (its unattacked score reaches its own rule on every seed); otherwise "not testable".
 
@@ -236,6 +238,19 @@ def attacker_fails(table, goal: str) -> Verdict:
              f"{', '.join(always) or 'no setting'}; on some seed in {len(ever)} setting(s).")
     level = True if not ever else (False if always else "partly")
     return Verdict(level if len(table) else "not testable", rule, found)
+
+
+def ratio_holds(ratios, strong: float, weak: float, what: str) -> Verdict:
+    """RATIOS: one ratio per seed (a method's measurement over its ablation's). Holds where every
+    seed's ratio reaches STRONG, partly where every seed's exceeds WEAK, else does not hold."""
+    import pandas as pd
+    r = pd.Series(list(ratios), dtype=float)
+    rule = (f"{what} reaches {strong:g}× on every seed (partly: above {weak:g}× on every seed).")
+    m, h = interval(r)
+    found = (f"{', '.join(f'{v:.2f}×' for v in r)} over {len(r)} seeds (mean {m:.2f}"
+             + ("" if h != h else f" ± {h:.2f}") + ").")
+    level = bool(len(r)) and bool((r >= strong).all()) or ("partly" if len(r) and (r > weak).all() else False)
+    return Verdict(level, rule, found)
 
 
 def baseline_decodes(unattacked_verified) -> Verdict:

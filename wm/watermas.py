@@ -63,9 +63,13 @@ class Config(StudyConfig):
     profile: str = "cpu"
     """smoke, cpu or gpu (resolved from auto)."""
     seed: int = param(0, ge=0, le=MAX_SEED)
-    """First seed (model init, key, batch order); seeds seed, seed+1, … when seeds > 1."""
-    seeds: int = param(1, ge=1, le=MAX_SEEDS)
-    """Seeds per (model, method)."""
+    """First seed (data draw, model init, key, batch order); the chapter repeats every experiment on
+    seeds seed, seed+1, … (wm.watermas_study)."""
+    seeds: int = param(3, ge=1, le=MAX_SEEDS)
+    """Repetitions of every experiment (mean ± 95 % CI over seeds)."""
+    merged: str = ""
+    """A sweep of this chapter over seeds (the merged table of `python -m wm sweep watermas --grid
+    seed=0,1,2 -p seeds 1`): the chapter shows its runs instead of training."""
     models: tuple = param(("smallcnn", "resnet18"), choices=MODELS)
     """Architectures (`MODELS`); the paper used VGG16, ResNet18, MobileNetV3 and Swin-T on CIFAR-10. Must
     include smallcnn, on which experiments 2-6 run."""
@@ -75,6 +79,9 @@ class Config(StudyConfig):
     """Training images drawn from Fashion-MNIST's 60 000 (the small CNN trains on all of them)."""
     n_test: int = param(2000, ge=1, le=FASHION_TEST)
     """Held-out test images for accuracy (and the sharpness measurement's pool)."""
+    n_val: int = param(2000, ge=1, le=FASHION_TRAIN)
+    """Validation images: further training images of the seed's draw that no model trains on; the
+    sharpness budget (the cap) is measured on them, never on the test images."""
     epochs: float = param(3, gt=0, le=MAX_EPOCHS)
     """Training epochs of the small CNN, from scratch with the watermark present from step 0."""
     resnet18_stem: str = param("imagenet", choices=("imagenet", "cifar"))
@@ -160,20 +167,22 @@ class Config(StudyConfig):
     """Segmentation experiment: training epochs of DeepLabV3 (random initialisation)."""
 
     PROFILE_DEFAULTS = {
-        "smoke": dict(models=("smallcnn",), width=8, n_train=1000, n_test=300, epochs=1, large_n_train=256,
+        "smoke": dict(seeds=2, models=("smallcnn",), width=8, n_train=1000, n_val=300, n_test=300, epochs=1, large_n_train=256,
                       large_epochs=0.5, large_n_test=100, n_bits=64, uchida_bits=16, payloads=(16, 64), noise_k=(0.1, 1), sweep_caps=(0.05,),
                       prune_amounts=(0.5, 0.9), quant_bits=(8, 2), finetune_epochs=(0.5,), finetune_lrs=(0.01,),
                       sharpness_samples=200, sharpness_random=2, seg_size=64, seg_n_train=16, seg_epochs=1),
         "cpu": dict(),
         # the small CNN stays: experiments 2-6 (robustness, payload, security, controls) run on it
-        "gpu": dict(models=("smallcnn", "resnet18", "vgg16", "mobilenet_v3_small", "swin_t"), resnet18_stem="cifar", n_train=60000, n_test=10000,
-                    epochs=4, large_n_train=60000, large_epochs=4, large_n_test=10000, batch_size=256, lr=0.1, uchida_bits=256,
+        "gpu": dict(models=("smallcnn", "resnet18", "vgg16", "mobilenet_v3_small", "swin_t"), resnet18_stem="cifar", n_train=55000, n_val=5000, n_test=10000,
+                    epochs=4, large_n_train=55000, large_epochs=4, large_n_test=10000, batch_size=256, lr=0.1, uchida_bits=256,
                     sharpness_samples=5000),
     }
 
     def check(self) -> None:
         require("smallcnn" in self.models, "models", self.models,
                 "a tuple that includes smallcnn: experiments 2-6 (robustness, payload, security, controls) run on it")
+        require(self.n_train + self.n_val <= FASHION_TRAIN, "n_val", self.n_val,
+                f"at most {FASHION_TRAIN} - n_train ({FASHION_TRAIN - self.n_train}): validation images are not trained on")
         require(self.large_n_train <= self.n_train, "large_n_train", self.large_n_train, f"at most n_train ({self.n_train})")
         require(self.large_n_test <= self.n_test, "large_n_test", self.large_n_test, f"at most n_test ({self.n_test})")
         require(self.sharpness_samples <= self.n_test, "sharpness_samples", self.sharpness_samples,
