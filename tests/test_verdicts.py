@@ -50,6 +50,16 @@ def test_an_attack_fails_only_where_it_succeeds_on_no_seed():
     assert verdicts.attacker_fails(table([0] * 6)[:0], "x").level == "not testable"
 
 
+def test_a_claim_across_settings_holds_only_on_every_seed_of_every_setting():
+    def table(successes):
+        return pd.DataFrame({"setting": ["unet"] * 3 + ["ceilnet"] * 3, "seed": [0, 1, 2] * 2, "success": successes})
+    assert verdicts.holds_across(table([1] * 6), "x").level is True
+    # the claim is false: no surrogate carries the logo on any seed
+    v = verdicts.holds_across(table([0] * 6), "x")
+    assert v.level is False and "unet 0/3" in v.found
+    assert verdicts.holds_across(table([1, 1, 1, 1, 0, 0]), "x").level == "partly"
+
+
 def test_a_ratio_claim_must_hold_on_every_seed():
     assert verdicts.ratio_holds([3.3, 2.1, 1.8], 1.5, 1.05, "x").level is True
     # the claim is false: on one seed the method is no sharper than its ablation, however high the mean

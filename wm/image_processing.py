@@ -52,7 +52,7 @@ from wm.deraining import (MIN_GAIN, Extraction, verify, verify_extracted,  # noq
                           watermark_image)
 from wm.image_models import (SM_ARCHS, VGG_FILE, DilatedResNet, Embedder, InstanceNorm,  # noqa: F401 (re-exported)
                              PatchDiscriminator, Perceptual, build_surrogate, lsgan, vgg_path)
-from wm.config import MAX_BATCH, MAX_EPOCHS, MAX_PAIRS, MAX_SEED, MAX_WIDTH, StudyConfig, param, require
+from wm.config import MAX_BATCH, MAX_EPOCHS, MAX_PAIRS, MAX_SEED, MAX_SEEDS, MAX_WIDTH, StudyConfig, param, require
 from wm.train import History, Precision, channels_last, index_batches, n_steps, seed_everything
 
 SM_LOSSES = ("l2", "l1", "l1_adv", "l2_adv", "perc_adv")
@@ -70,7 +70,13 @@ class Config(StudyConfig):
     profile: str = "cpu"
     """smoke, cpu or gpu (resolved from auto)."""
     seed: int = param(0, ge=0, le=MAX_SEED)
-    """Seeds data, rain, every network and the spread-spectrum patterns."""
+    """First seed: seed s draws its own patches and rain and seeds every network and the
+    spread-spectrum patterns; the chapter repeats every experiment on seeds seed, seed+1, …"""
+    seeds: int = param(3, ge=1, le=MAX_SEEDS)
+    """Repetitions of every experiment (mean ± 95 % CI over seeds; wm.image_study)."""
+    merged: str = ""
+    """A sweep of this chapter over seeds (the merged table of `python -m wm sweep image_processing
+    --grid seed=0,1,2 -p seeds 1`): the chapter shows its runs instead of training."""
     size: int = param(32, ge=16, le=1024, multiple_of=8)
     """Side of the square patches (a multiple of 8)."""
     n_owner: int = param(3000, ge=1, le=MAX_PAIRS)
@@ -137,8 +143,9 @@ class Config(StudyConfig):
     """The defender's own surrogate architecture in stage 2 (L2 loss, owner's data)."""
     tau: float = param(0.9, gt=0, lt=1)
     """Success: centred NC(R(x), δ) ≥ tau for an image."""
-    ss_bits: tuple = param((16, 64, 256), of=int, ge=1, le=MAX_PAIRS)
-    """Payloads L of the spread-spectrum baseline."""
+    ss_bits: tuple = param((4, 16, 64, 256), of=int, ge=1, le=MAX_PAIRS)
+    """Payloads L of the spread-spectrum baseline: a capacity curve, from a payload that decodes
+    unattacked at 32×32 (the comparison with the deep mark needs one) to ones that do not."""
     ss_psnr: float | None = param(None, gt=0, le=200)
     """PSNR of the spread-spectrum mark, which sets its strength α = 10^(−psnr/20); None: the deep
     watermark's measured PSNR, so that both marks are equally visible."""
@@ -152,7 +159,7 @@ class Config(StudyConfig):
     the surrogates always train in fp32, and evaluation is fp32."""
 
     PROFILE_DEFAULTS = {
-        "smoke": dict(size=16, n_owner=96, n_attacker=96, n_test=24, m_width=8, m_epochs=1, h_width=8, r_width=8,
+        "smoke": dict(seeds=2, size=16, n_owner=96, n_attacker=96, n_test=24, m_width=8, m_epochs=1, h_width=8, r_width=8,
                       r_blocks=2, d_width=8, stage1_epochs=1, stage2_epochs=1, sm_width=8, sm_epochs=1,
                       sm_archs=("unet", "ceilnet"), sm_losses=("l1_adv",), ss_bits=(16,)),
         "cpu": dict(),

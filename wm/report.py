@@ -170,6 +170,8 @@ def decision_metrics(marked, null, fprs=(0.01, 0.001)) -> list[tuple[str, dict[s
 # * `attacker_fails`: a claim that an attack (piracy, removal) fails holds only where the attacker
 #   reached its goal on no seed of any setting; it does not hold where the attacker reached it on
 #   every seed of some setting, and holds partly otherwise (seed-dependent).
+# * `holds_across`: a claim over settings (every surrogate carries the logo) holds only where it
+#   holds on every seed of every setting; it does not hold where it holds nowhere.
 # * `ratio_holds`: a "sharper than its ablation" claim holds only where the ratio reaches its
 #   bound on every seed, not on average.
 # * `baseline_decodes`: a comparison with a baseline is testable only where the baseline decodes
@@ -238,6 +240,18 @@ def attacker_fails(table, goal: str) -> Verdict:
              f"{', '.join(always) or 'no setting'}; on some seed in {len(ever)} setting(s).")
     level = True if not ever else (False if always else "partly")
     return Verdict(level if len(table) else "not testable", rule, found)
+
+
+def holds_across(table, goal: str) -> Verdict:
+    """TABLE: one row per setting and seed: setting, seed, success (0/1: GOAL reached on that seed
+    in that setting, e.g. "R succeeds on ≥ 0.8 of a surrogate's outputs")."""
+    rule = (f"{goal} on every seed in every setting; it does not hold where that happens on no seed in any "
+            f"setting, and holds partly otherwise.")
+    per = table.groupby("setting", sort=False).success.agg(lambda g: f"{int((g == 1).sum())}/{len(g)}")
+    found = "; ".join(f"{k} {v}" for k, v in per.items()) + " seeds." if len(table) else "nothing measured."
+    ok = table.success == 1
+    level = "not testable" if not len(table) else True if ok.all() else False if not ok.any() else "partly"
+    return Verdict(level, rule, found)
 
 
 def ratio_holds(ratios, strong: float, weak: float, what: str) -> Verdict:

@@ -243,7 +243,7 @@ def load_merged(study: str, cfg, merged, drop: tuple[str, ...] = ()):
     seeds 1`, its merged table MERGED) and the wall seconds of each run, after checking that every
     run finished and ran CFG's parameters (a StudyConfig) but for its seed, and that together they
     cover CFG's seeds. Rows of the experiments in DROP are left out (what the chapter recomputes).
-    Returns (rows for Results.add, a DataFrame of run times indexed by seed); raises ValueError
+    Returns (rows for Results.add, a DataFrame of run times and folders indexed by seed); raises ValueError
     naming what does not match."""
     import pandas as pd
 
@@ -268,7 +268,8 @@ def load_merged(study: str, cfg, merged, drop: tuple[str, ...] = ()):
             raise ValueError(f"{merged}: run {key} ran other parameters than this chapter's ({', '.join(diff)})")
         seeds += list(range(run.seed, run.seed + run.seeds))
         done = json.loads((path.parent / "runs" / key / "done.json").read_text())
-        timings.append({"seed": run.seed, "total": done["wall_seconds"], "threads": done["threads"], "device": done["device"]})
+        timings.append({"seed": run.seed, "total": done["wall_seconds"], "threads": done["threads"], "device": done["device"],
+                        "folder": path.parent / "runs" / key})
     if sorted(seeds) != list(range(cfg.seed, cfg.seed + cfg.seeds)):
         raise ValueError(f"{merged}: its runs cover seeds {sorted(seeds)}, not {cfg.seed}..{cfg.seed + cfg.seeds - 1}")
     table = pd.read_csv(path, dtype={"strength": str, "case": str}, keep_default_na=False, converters={"value": _value})

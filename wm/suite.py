@@ -380,4 +380,5 @@ def load_merged(cfg: Config, merged) -> tuple[list[dict], "Any"]:
     (wm.results.load_merged). Decision rows are left out: the chapter recomputes them with the
     null populations published now."""
     from wm.results import load_merged as load
-    return load("attack_suite", cfg, merged, drop=(nulls.DECISION,))
+    rows, timings = load("attack_suite", cfg, merged, drop=(nulls.DECISION,))
+    return rows, timings.drop(columns="folder")
