@@ -23,15 +23,15 @@ pytestmark = pytest.mark.slow
 
 TINY = {
     "quickstart": dict(n_train=256, n_test=128, epochs=0.5, width=8, batch_size=64, attack_epochs=0.25),
-    "null_embedding": dict(seeds=2, n_train=256, n_test=64, n_verify=64, epochs=0.25, batch_size=64,
+    "null_embedding": dict(seeds=1, n_train=256, n_test=64, n_verify=64, epochs=0.25, batch_size=64,
                            sweep_n_train=256, sweep_epochs=0.25, pirate_lrs=(0.01,), pirate_epochs=(0.25,),
                            attack_epochs=0.25, sweep_lams=(1.0,), sweep_ns=(4,), width=8),
-    "watermas": dict(seeds=2, n_train=256, n_val=64, n_test=128, epochs=0.25, width=8, batch_size=64, large_n_train=64,
+    "watermas": dict(seeds=1, n_train=256, n_val=64, n_test=128, epochs=0.25, width=8, batch_size=64, large_n_train=64,
                      large_epochs=0.5, large_n_test=64, n_bits=64, uchida_bits=16, payloads=(16, 64), noise_k=(0.1, 1),
                      sweep_caps=(0.05,), prune_amounts=(0.5, 0.9), quant_bits=(8, 2), finetune_epochs=(0.25,),
                      finetune_lrs=(0.01,), sharpness_samples=64, sharpness_random=2, seg_size=64, seg_n_train=8,
                      seg_epochs=1),
-    "image_processing": dict(size=16, n_owner=32, n_attacker=32, n_test=16, batch_size=16, m_width=8, m_epochs=1,
+    "image_processing": dict(seeds=1, size=16, n_owner=32, n_attacker=32, n_test=16, batch_size=16, m_width=8, m_epochs=1,
                              h_width=8, r_width=8, d_width=8, stage1_epochs=1, stage2_epochs=1, sm_width=8,
                              sm_epochs=1, sm_losses=("l1_adv",), ss_bits=(16,)),
     "attack_suite": dict(seeds=1, width=8, n_train=256, n_attacker=128, n_test=128, epochs=0.25, batch_size=64,
