@@ -44,7 +44,7 @@ def test_an_attack_fails_only_where_it_succeeds_on_no_seed():
     assert verdicts.attacker_fails(table([0] * 6), "the pirate verifies").level is True
     # the claim is false: the pirate succeeds on every seed of setting b
     v = verdicts.attacker_fails(table([0, 0, 0, 1, 1, 1]), "the pirate verifies")
-    assert v.level is False and "every seed in b" in v.found and v.rule.startswith("the pirate verifies")
+    assert v.level is False and "every seed in 1 (b)" in v.found and v.rule.startswith("the pirate verifies")
     # on one seed only: seed-dependent, not a finding either way
     assert verdicts.attacker_fails(table([0, 1, 0, 0, 0, 0]), "x").level == "partly"
     assert verdicts.attacker_fails(table([0] * 6)[:0], "x").level == "not testable"

@@ -6,8 +6,9 @@ thief trains, the spread-spectrum baseline and the TV service, all seeded by s. 
 and measures, recording each number in a results table; the chapter builds every table, figure
 and verdict from that table (`tables`), so that one run over three seeds and a sweep of three
 one-seed runs (`python -m wm sweep image_processing --grid seed=0,1,2 -p seeds 1`, shown with
-`merged`) give the same chapter. The two figures that need the trained networks (example patches,
-the per-image NC) are drawn for the chapter's first seed only, by its run.
+`merged`) give the same chapter, at the same CPU thread count. The two figures that need the
+trained networks (example patches, the per-image NC) are drawn for the chapter's first seed only,
+by its run.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ watermarked one and a clean twin, both trained with seed s), party s+1 as the pi
 attack on party s's model. `run_seed` trains, attacks and verifies, recording each number in a
 results table; the chapter builds every table, figure and verdict from that table (`tables`).
 One run over three seeds and a sweep of three one-seed runs (`python -m wm sweep null_embedding
---grid seed=0,1,2 -p seeds 1`, shown with `merged`) therefore give the same chapter.
+--grid seed=0,1,2 -p seeds 1`, shown with `merged`) therefore give the same chapter, at the same CPU
+thread count (threads change float rounding).
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ def attacker_fails(table, goal: str) -> Verdict:
     ever = [str(k) for k, g in by if bool((g == 1).any())]
     seeds = table.seed.nunique()
     found = (f"over {seeds} seeds and {table.setting.nunique()} settings: on every seed in "
-             f"{', '.join(always) or 'no setting'}; on some seed in {len(ever)} setting(s).")
+             f"{len(always)} ({'; '.join(always) or 'none'}); on some seed in {len(ever)}.")
     level = True if not ever else (False if always else "partly")
     return Verdict(level if len(table) else "not testable", rule, found)
 

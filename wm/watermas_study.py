@@ -5,7 +5,7 @@ images), every method's model and key trained with seed s, and every attack on t
 trains, attacks and measures, recording each number in a results table; the chapter builds every
 table, figure and verdict from that table (`tables`), so that one run over three seeds and a sweep
 of three one-seed runs (`python -m wm sweep watermas --grid seed=0,1,2 -p seeds 1`, shown with
-`merged`) give the same chapter.
+`merged`) give the same chapter, at the same CPU thread count.
 
 The sharpness budget (the cap on S_K) is measured on a validation split: `n_val` further training
 images of the seed's draw, disjoint from the `n_train` the models learn from and from the test
