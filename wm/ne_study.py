@@ -231,7 +231,10 @@ def tables(frame: pd.DataFrame, cfg: ne.Config) -> SimpleNamespace:
     tl = pd.concat([_wide(frame, "transfer_source").assign(transfer="before (original task)"),
                     _wide(frame, "transfer").assign(transfer=lambda t: t.strength.map({"head": "new head only", "all": "all layers"}))])
     tl["source"] = tl.method.map({METHOD: "watermarked", "none": "clean"})
-    tl = tl.rename(columns={"test acc": "task acc"})
+    order = {"before (original task)": 0, "new head only": 1, "all layers": 2}
+    tl = tl.rename(columns={"test acc": "task acc"}).sort_values(
+        ["source", "transfer", "seed"], key=lambda c: c.map(order) if c.name == "transfer" else c,
+        ascending=[False, True, True]).reset_index(drop=True)
     return SimpleNamespace(fid=fid, bn=bn, fp=fp, pir=pir, rem=rem, tl=tl, sw=_sweep(frame, cfg))
 
 
