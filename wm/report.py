@@ -37,6 +37,13 @@ def ci_text(values, scale: float = 1.0, digits: int = 2) -> str:
     return f"{scale * m:.{digits}f}" + ("" if math.isnan(h) else f" ± {scale * h:.{digits}f}")
 
 
+def k_of(flags) -> str:
+    """"k/n": on how many of the seeds (or runs) the 0/1 FLAGS hold."""
+    import pandas as pd
+    flags = pd.Series(list(flags), dtype=float)
+    return f"{int(flags.sum())}/{len(flags)}"
+
+
 VERDICTS = {True: "Holds here.", False: "Does not hold here.", "partly": "Partly holds here.",
             "measured": "Measured (the paper states no number to test):",
             "not testable": "Not testable here."}
