@@ -548,8 +548,8 @@ def wall_times() -> list[dict]:
 
 
 def sweep_builds_section() -> list[str]:
-    """The chapters a sweep builds (the null populations; at cpu the attack suite and the null
-    embedding): their
+    """The chapters a sweep builds (the null populations; at cpu the attack suite and the study
+    chapters over seeds): their
     published sidecars record the sweep's runs (`parameters.build`), since the chapter's own wall
     time is only that of the view that shows them."""
     out = []
@@ -568,8 +568,8 @@ def sweep_builds_section() -> list[str]:
         return []
     return ["## Chapters built by a sweep", "",
             "The null populations ({doc}`nulls`) and, at `cpu`, the attack suite ({doc}`attack_suite`) and the "
-            "null embedding over three seeds ({doc}`null_embedding`) exceed a chapter's budget in one execution: a "
-            "sweep builds them (`python -m wm sweep`, each run cached by key "
+            "study chapters over three seeds ({doc}`null_embedding`, {doc}`image_processing`, {doc}`watermas`) "
+            "exceed a chapter's budget in one execution: a sweep builds them (`python -m wm sweep`, each run cached by key "
             "under `data/sweeps/`) and the chapter shows the merged table. The runs, as the published sidecars "
             "record them:", ""] + out
 
