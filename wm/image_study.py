@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import time
 from types import SimpleNamespace
 
 import pandas as pd
 
 from wm import data, plots
 from wm import image_processing as ip
-from wm.report import record
+from wm.progress import Laps
+from wm.report import by_metric, record
 
 TAUS = tuple(round(0.5 + 0.01 * i, 2) for i in range(50))
 """The thresholds of the success-over-τ curve."""
@@ -51,11 +51,7 @@ def run_seed(cfg: ip.Config, s: int, results, device, vgg_file=None, example: bo
     own = ip.make_pairs(owner_photos, c.n_owner, c.size, s, c.rain, device)
     att = ip.make_pairs(attacker_photos, c.n_attacker, c.size, s + 1, c.rain, device)
     test = ip.make_pairs(data.photos("test"), c.n_test, c.size, s + 2, c.rain, device)
-    seconds, t = {}, time.perf_counter()
-
-    def lap(name):
-        nonlocal t
-        seconds[name], t = time.perf_counter() - t, time.perf_counter()
+    lap = Laps()
 
     def add(method, model, experiment, metrics, **kw):
         record(results, method, model, experiment, metrics, seed=s, **kw)
@@ -139,7 +135,7 @@ def run_seed(cfg: ip.Config, s: int, results, device, vgg_file=None, example: bo
 
     if example:
         _example_figures(wmk, r_stage1, test, B, BW, inv, extractions, c.tau)
-    return seconds
+    return lap.seconds
 
 
 def _example_figures(wmk, r_stage1, test, B, BW, inv, extractions, tau) -> None:
@@ -186,12 +182,8 @@ _NAMES = {"success_rate": "SR", "success_rate_amp": "SR amp", "nc": "NC", "nc_ra
 
 
 def _wide(frame: pd.DataFrame, experiment: str) -> pd.DataFrame:
-    """EXPERIMENT's rows as one row per measurement, one column per metric (renamed for reading)."""
-    part = frame[frame.experiment == experiment]
-    w = part.set_index(["method", "model", "attack", "strength", "case", "seed", "metric"]).value.unstack("metric")
-    w = w.reset_index()
-    w.columns.name = None
-    return w.rename(columns=_NAMES)
+    """EXPERIMENT's rows, one per measurement and one column per metric (wm.report.by_metric)."""
+    return by_metric(frame, experiment, ("method", "model", "attack", "strength", "case", "seed"), _NAMES)
 
 
 def tables(frame: pd.DataFrame) -> SimpleNamespace:

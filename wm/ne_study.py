@@ -11,7 +11,6 @@ thread count (threads change float rounding).
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import pandas as pd
@@ -19,7 +18,8 @@ import torch
 
 from wm import attacks, data
 from wm import null_embedding as ne
-from wm.report import record
+from wm.progress import Laps
+from wm.report import by_metric, record
 from wm.train import evaluate
 
 METHOD = "null_embedding"
@@ -64,18 +64,14 @@ def run_seed(cfg: ne.Config, s: int, results, device) -> dict[str, float]:
 
     sig, pirate_sig = cfg.party(s).sign(cfg.timestamp), cfg.party(s + 1).sign(cfg.timestamp)
     own, pirate_wm = cfg.watermark(sig), cfg.watermark(pirate_sig)
-    seconds, t = {}, time.perf_counter()
-
-    def lap(name):
-        nonlocal t
-        seconds[name], t = time.perf_counter() - t, time.perf_counter()
+    lap = Laps()
 
     # 1. fidelity: a clean and a watermarked model, the same recipe and seed
     clean, h_clean = ne.train_model(cfg, ds.x_train, ds.y_train, seed=s)
     marked, h_marked = ne.train_model(cfg, ds.x_train, ds.y_train, seed=s, wm=own)
     add("none", cfg.model, "fidelity", {"test_acc": acc(clean)})
     add(METHOD, cfg.model, "fidelity", {"test_acc": acc(marked), **wm_metrics(check(marked, sig, full=True))})
-    seconds["clean training"], seconds["watermarked training"] = h_clean.seconds, h_marked.seconds
+    lap.seconds["clean training"], lap.seconds["watermarked training"] = h_clean.seconds, h_marked.seconds
     lap("fidelity")
 
     # why BatchNorm is frozen for the stamped passes: three variants at the sweep's scale
@@ -172,7 +168,7 @@ def run_seed(cfg: ne.Config, s: int, results, device) -> dict[str, float]:
         add(method, "smallcnn", "sweep_piracy_claim", wm_metrics(check(p, pirate_sig, n=n, lam=lam)),
             attack="piracy", strength=piracy)
     lap("λ and n")
-    return seconds
+    return lap.seconds
 
 
 def sweep_points(cfg: ne.Config) -> list[tuple[float, int]]:
@@ -188,13 +184,11 @@ _NAMES = {"test_acc": "test acc", "wm_acc_null": "acc_null", "wm_acc_true": "acc
 
 
 def _wide(frame: pd.DataFrame, experiment: str, by=("method", "attack", "strength", "case", "seed")) -> pd.DataFrame:
-    """EXPERIMENT's rows as one row per measurement, one column per metric (renamed for reading)."""
-    part = frame[frame.experiment == experiment]
-    w = part.set_index([*by, "metric"]).value.unstack("metric").reset_index()
-    w.columns.name = None
+    """EXPERIMENT's rows, one per measurement and one column per metric (`verified` as a bool)."""
+    w = by_metric(frame, experiment, by, _NAMES)
     if "verified" in w:
         w["verified"] = w.verified == 1
-    return w.rename(columns=_NAMES)
+    return w
 
 
 def _settings(strength: pd.Series) -> pd.DataFrame:

@@ -36,3 +36,16 @@ class Progress:
         where = f"epoch {epoch + 1}/{self.epochs:g}, " if epoch is not None and self.epochs else ""
         stream = sys.__stderr__ or sys.stderr  # the process's stderr, not a notebook cell's
         print(f"wm: {self.desc}: {where}step {step}/{self.total}, {now - self.start:.0f} s", file=stream, flush=True)
+
+
+class Laps:
+    """Seconds per named phase of a run, kept out of the results table (same-seed runs must give
+    identical tables): `lap = Laps()`, then `lap("training")` after each phase; `lap.seconds`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name], self._t = now - self._t, now

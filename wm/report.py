@@ -23,6 +23,29 @@ def record(results, method: str, model: str, experiment: str, metrics: dict[str,
                     seed=seed, metric=metric, value=value, case=case)
 
 
+def by_metric(frame, experiment: str, index: tuple[str, ...], names: dict[str, str] | None = None):
+    """EXPERIMENT's rows of a results FRAME as one row per measurement (the INDEX columns) and one
+    column per metric, renamed by NAMES for reading: how the study chapters read their tables back."""
+    part = frame[frame.experiment == experiment]
+    wide = part.set_index([*index, "metric"]).value.unstack("metric").reset_index()
+    wide.columns.name = None
+    return wide.rename(columns=names or {})
+
+
+def show_sweep(results, study: str, cfg, merged):
+    """Load the sweep MERGED of STUDY over seeds into RESULTS (wm.results.load_merged) and record its
+    runs' wall time in the sidecar (parameters["build"]: the chapter's own time is only the view's).
+    Returns the runs: seed → total seconds, threads, device and folder."""
+    from wm.results import load_merged
+    rows, runs = load_merged(study, cfg, merged)
+    for row in rows:
+        results.add(**row)
+    results.provenance["parameters"]["build"] = [
+        {"parameters": f"seed={s}", "minutes": round(r.total / 60, 2), "threads": r.threads, "device": r.device}
+        for s, r in runs.iterrows()]
+    return runs
+
+
 def interval(values) -> tuple[float, float]:
     """Mean and 95 % Student-t half-width of the finite VALUES (wm.metrics.mean_ci): NaN values are
     left out, and the half-width of a single value is NaN (its spread is unknown), never 0."""

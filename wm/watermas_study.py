@@ -15,7 +15,6 @@ images every reported number uses.
 from __future__ import annotations
 
 import dataclasses
-import time
 from types import SimpleNamespace
 
 import pandas as pd
@@ -23,7 +22,8 @@ import pandas as pd
 from wm import attacks, data
 from wm import watermas as wmas
 from wm.metrics import segmentation_scores
-from wm.report import record
+from wm.progress import Laps
+from wm.report import by_metric, record
 from wm.train import evaluate
 
 KEYED = ("freeze_only", "watermas", "tart")
@@ -60,11 +60,7 @@ def run_seed(cfg: wmas.Config, s: int, results, device, seg_root=None) -> dict[s
     x, y = ds.x_train[:cfg.n_train], ds.y_train[:cfg.n_train]
     x_val, y_val = ds.x_train[cfg.n_train:], ds.y_train[cfg.n_train:]
     xt, yt = ds.x_test, ds.y_test
-    seconds, t = {}, time.perf_counter()
-
-    def lap(name):
-        nonlocal t
-        seconds[name], t = time.perf_counter() - t, time.perf_counter()
+    lap = Laps()
 
     def add(method, model, experiment, metrics, **kw):
         record(results, method, model, experiment, metrics, seed=s, **kw)
@@ -166,7 +162,7 @@ def run_seed(cfg: wmas.Config, s: int, results, device, seg_root=None) -> dict[s
             acc, miou = segmentation_scores(model, seg.x_val, seg.y_val, seg.num_classes)
             add(method, "deeplabv3", "segmentation", {"test_acc": acc, "ber": wmas.ber(model, key)})
         lap("segmentation")
-    return seconds
+    return lap.seconds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,12 +173,8 @@ _NAMES = {"test_acc": "test acc", "ber": "BER"}
 
 
 def _wide(frame: pd.DataFrame, experiment: str) -> pd.DataFrame:
-    """EXPERIMENT's rows as one row per measurement, one column per metric (renamed for reading)."""
-    part = frame[frame.experiment == experiment]
-    w = part.set_index(["method", "model", "attack", "strength", "case", "seed", "metric"]).value.unstack("metric")
-    w = w.reset_index()
-    w.columns.name = None
-    return w.rename(columns=_NAMES)
+    """EXPERIMENT's rows, one per measurement and one column per metric (wm.report.by_metric)."""
+    return by_metric(frame, experiment, ("method", "model", "attack", "strength", "case", "seed"), _NAMES)
 
 
 def _number(strength: pd.Series) -> pd.Series:
