@@ -4,12 +4,10 @@ run), and the chapter's tables read the same from the CSV a sweep merges as from
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 
-from wm import ne_study, results
+from wm import ne_study
 from wm import null_embedding as ne
-from wm.results import Results
 
 pytestmark = pytest.mark.slow
 
@@ -18,22 +16,8 @@ TINY = dict(n_train=256, n_test=64, n_verify=64, epochs=0.25, batch_size=64, swe
             n_random_signatures=3)
 
 
-def _run(seed: int, seeds: int, out) -> pd.DataFrame:
-    cfg = ne.Config.from_profile("smoke", seed=seed, seeds=seeds, **TINY)
-    r = Results("null_embedding", "smoke", cfg.as_dict())
-    for s in range(seed, seed + seeds):
-        ne_study.run_seed(cfg, s, r, "cpu")
-    r.save(out)
-    return results.load("null_embedding", out)
-
-
-def test_a_one_seed_run_repeats_its_seed_of_a_longer_run_and_reads_back_alike(tmp_path):
-    both = _run(0, 2, tmp_path / "both")
-    second = _run(1, 1, tmp_path / "second")
-    cols = ["method", "model", "experiment", "attack", "strength", "seed", "metric", "case"]
-    a = both[both.seed == 1].sort_values(cols).reset_index(drop=True)
-    b = second.sort_values(cols).reset_index(drop=True)
-    pd.testing.assert_frame_equal(a, b)
+def test_a_one_seed_run_repeats_its_seed_of_a_longer_run_and_reads_back_alike(seed_runs):
+    both = seed_runs("null_embedding", ne.Config, ne_study.run_seed, **TINY)
     cfg = ne.Config.from_profile("smoke", seeds=2, **TINY)
     read = ne_study.tables(both, cfg)
     assert list(read.fid.index) == [0, 1] and set(read.fp.control) == set(ne_study.FP_CONTROLS)

@@ -7,10 +7,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from wm import results
 from wm import watermas as wmas
 from wm import watermas_study as ws
-from wm.results import Results
 
 pytestmark = pytest.mark.slow
 
@@ -19,21 +17,8 @@ TINY = dict(models=("smallcnn",), n_train=256, n_val=64, n_test=64, large_n_test
             finetune_lrs=(0.01,), sweep_caps=(0.05,), sharpness_samples=32, sharpness_random=1)
 
 
-def _run(seed: int, seeds: int, out) -> pd.DataFrame:
-    cfg = wmas.Config.from_profile("smoke", seed=seed, seeds=seeds, **TINY)
-    r = Results("watermas", "smoke", cfg.as_dict())
-    for s in range(seed, seed + seeds):
-        ws.run_seed(cfg, s, r, "cpu")
-    r.save(out)
-    return results.load("watermas", out)
-
-
-def test_a_one_seed_run_repeats_its_seed_of_a_longer_run_and_reads_back_alike(tmp_path):
-    both = _run(0, 2, tmp_path / "both")
-    second = _run(1, 1, tmp_path / "second")
-    cols = ["method", "model", "experiment", "attack", "strength", "seed", "metric", "case"]
-    pd.testing.assert_frame_equal(both[both.seed == 1].sort_values(cols).reset_index(drop=True),
-                                  second.sort_values(cols).reset_index(drop=True))
+def test_a_one_seed_run_repeats_its_seed_of_a_longer_run_and_reads_back_alike(seed_runs):
+    both = seed_runs("watermas", wmas.Config, ws.run_seed, **TINY)
     cfg = wmas.Config.from_profile("smoke", seeds=2, **TINY)
     t = ws.tables(both, cfg)
     assert len(t.fid) == 2 * 5 and t.fid["sharpness (random)"].notna().sum() == 2 * 4
