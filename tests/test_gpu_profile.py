@@ -42,6 +42,8 @@ TINY = {
     "nulls": dict(members=1, budget="width=8,n_train=256,n_attacker=128,n_test=128,epochs=0.25,batch_size=64,"
                                     "n_bits=64,size=16,n_owner=32,n_attacker_pairs=32,n_test_pairs=16,m_epochs=1,"
                                     "stage1_epochs=1,stage2_epochs=1"),
+    "tuning": dict(seeds=1, n_val=64, ne_lrs=(0.1,), ne_fractions=(0.25,),
+                   ne_budget="n_train=256,n_test=64,n_verify=64,epochs=0.25,batch_size=64,width=8"),
     "comparison": {},
 }
 """Per notebook: sizes, epochs and grids small enough for a CPU. Never a model or a branch."""

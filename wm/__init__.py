@@ -11,8 +11,8 @@ __version__ = "0.1.0"
 ROOT = Path(__file__).resolve().parent.parent
 """The repository root: notebooks/, book/ and data/ are found relative to it."""
 
-STUDIES = ("image_processing", "null_embedding", "watermas", "nulls", "attack_suite")
-"""The values of the results table's `study` column: the three papers' studies, the null populations (wm/nulls.py) and the attack
+STUDIES = ("image_processing", "null_embedding", "watermas", "nulls", "tuning", "attack_suite")
+"""The values of the results table's `study` column: the three papers' studies, the null populations (wm/nulls.py), held-out tuning (wm/tuning.py) and the attack
 suite that runs one threat-model grid across every registered method (wm/suite.py)."""
 
 MODULES = {"attack_suite": "suite"}

@@ -61,6 +61,20 @@ def require(ok: bool, field: str, value: Any, expected: str) -> None:
         raise ValueError(f"{field}={value!r} is invalid: {expected}")
 
 
+def parse_budget(text: str, field: str) -> dict[str, Any]:
+    """Another study's budget overrides written as "name=value,name=value" (the string parameter
+    FIELD of a notebook that trains with that study's recipe): keyword arguments of its Config.
+    profile, seed and seeds are the notebook's own and cannot be overridden there."""
+    from wm.runner import parse_value  # wm.runner imports this module
+    out = {}
+    for item in filter(None, (i.strip() for i in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() in ("profile", "seed", "seeds"):
+            raise ValueError(f"{field}: {item!r} must look like name=value (a budget field)")
+        out[name.strip()] = parse_value(value.strip())
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Declarative checks on fields
 # ---------------------------------------------------------------------------------------------

@@ -106,14 +106,8 @@ class Config(StudyConfig):
 
     def overrides(self) -> dict:
         """`budget` as the suite Config's keyword arguments."""
-        from wm.runner import parse_value
-        out = {}
-        for item in filter(None, (i.strip() for i in self.budget.split(","))):
-            name, sep, text = item.partition("=")
-            if not sep or name.strip() in ("profile", "seed", "seeds"):
-                raise ValueError(f"{item!r} must look like name=value (a suite budget field)")
-            out[name.strip()] = parse_value(text.strip())
-        return out
+        from wm.config import parse_budget
+        return parse_budget(self.budget, "budget")
 
 
 def suite_config(cfg: Config):
@@ -229,7 +223,6 @@ def published_models(scfg) -> tuple[pd.DataFrame | None, str]:
     budget (the population was trained with it) and every seed of the suite scored. Returns the
     rows (or None) and a sentence saying which, for the chapter."""
     from wm import results as res
-    from wm import suite
 
     path = res.PUBLISHED_RESULTS / "nulls.csv"
     if not path.is_file():
@@ -255,5 +248,5 @@ def published_models(scfg) -> tuple[pd.DataFrame | None, str]:
         return None, f"the published independent models are scored for owner seeds {sorted(scored)}, not {sorted(seeds)}"
     methods = sorted(set(models.method) - {"none"})
     n = models[(models.method != "none") & (models.metric == "score")].groupby("method").size()
-    return models, (f"independent models from data/results/nulls.csv: " +
+    return models, ("independent models from data/results/nulls.csv: " +
                     ", ".join(f"{REGISTRY[m].label} {n[m] // len(scored)} per seed" for m in methods))
