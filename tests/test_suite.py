@@ -355,3 +355,20 @@ def test_the_committed_table_fills_every_planned_cell_with_three_seeds_and_a_con
             assert mine.verified.notna().all() and mine.utility.notna().all(), (method, attack)
             if (table.metric == "score").any():  # tables of the registry-driven suite carry the score
                 assert mine.score.notna().all(), (method, attack)
+
+
+def test_each_seed_of_a_run_draws_its_own_data_as_its_one_seed_run_does(monkeypatch):
+    """A run over seeds 0 and 1 gives seed 1 the data a one-seed run (a sweep's) draws for it."""
+    cfg = suite.Config.from_profile("smoke", methods=("watermas", "deep"))
+    real, drawn = suite.setups, []
+    kinds = real(cfg, "cpu")
+    monkeypatch.setattr(suite, "setups", lambda c, device: drawn.append(c.seed) or real(c, device))
+    monkeypatch.setattr(suite, "groups", lambda c: {})  # no training: only the draw is under test
+    r = Results("attack_suite", "smoke")
+    suite.run_seed(cfg, kinds, 0, r)
+    suite.run_seed(cfg, kinds, 1, r)
+    assert drawn == [1]  # seed 0 uses the data drawn for it; seed 1 draws its own
+    one = real(suite.Config.from_profile("smoke", methods=("watermas", "deep"), seed=1), "cpu")
+    again = real(cfg.__class__.from_profile("smoke", methods=("watermas", "deep"), seed=1), "cpu")
+    assert torch.equal(one["image-service"].data["test"].clean, again["image-service"].data["test"].clean)
+    assert not torch.equal(one["image-service"].data["test"].clean, kinds["image-service"].data["test"].clean)

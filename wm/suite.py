@@ -246,9 +246,9 @@ def reason(method: Method, attack: str) -> str:
 
 
 def setups(cfg: Config, device) -> dict[str, Setup]:
-    """The data of every kind the chosen methods need, drawn once with cfg.seed (the two
-    classifier kinds share Fashion-MNIST). A missing or corrupt data set fails here, before any
-    training."""
+    """The data of every kind the chosen methods need, drawn with cfg.seed (the two classifier
+    kinds share Fashion-MNIST; `run_seed` draws again for each other seed). A missing or corrupt
+    data set fails here, before any training."""
     kinds = {METHODS_REGISTRY[m].kind for m in cfg.methods}
     out: dict[str, Setup] = {}
     if kinds & {"classifier-white", "classifier-black"}:
@@ -316,8 +316,12 @@ def run_seed(cfg: Config, kinds: dict[str, Setup], seed: int, results) -> dict[s
     def measure(m: Method, suspect, secret, setup) -> dict[str, float]:
         return {utility_metric(m): m.utility(suspect, setup), **m.detect(suspect, secret, setup)}
 
+    if any(k.seed != seed for k in kinds.values()):
+        # each seed draws its own data, as a one-seed run of a sweep does (`setups` with seed=SEED):
+        # a run over several seeds then gives every seed the rows its one-seed run gives
+        kinds = setups(dataclasses.replace(cfg, seed=seed), next(iter(kinds.values())).device)
     for recipe, group in groups(cfg).items():
-        setup = dataclasses.replace(kinds[group[0].kind], seed=seed)
+        setup = kinds[group[0].kind]
         group_start = t = time.perf_counter()
         twin = group[0].train_twin(setup)
         twin_seconds = time.perf_counter() - t
