@@ -1,5 +1,6 @@
-"""The suite chapter shown from a sweep over seeds (wm.suite.load_merged): only a sweep whose
-every run finished, ran the chapter's parameters and covers its seeds is accepted."""
+"""The suite chapter shown from a sweep over seeds (wm.report.show_sweep, its decision rows left
+out): only a sweep whose every run finished, ran the chapter's parameters and covers its seeds is
+accepted."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 import pandas as pd
 import pytest
 
-from wm import suite
+from wm import nulls, report, suite
+from wm.results import Results
 
 
 def _sweep(tmp_path, seeds, finished=None, fixed=None):
@@ -29,10 +31,17 @@ def _sweep(tmp_path, seeds, finished=None, fixed=None):
     return tmp_path / "attack_suite.csv"
 
 
+def _show(cfg, path):
+    results = Results("attack_suite", cfg.profile, cfg.as_dict())
+    runs = report.show_sweep(results, "attack_suite", cfg, path, drop=(nulls.DECISION,))
+    return results.rows, runs, results
+
+
 def test_a_complete_sweep_gives_its_rows_without_decisions_and_its_run_times(tmp_path):
-    rows, timings = suite.load_merged(suite.Config.from_profile("smoke", seeds=2), _sweep(tmp_path, [0, 1]))
+    rows, runs, results = _show(suite.Config.from_profile("smoke", seeds=2), _sweep(tmp_path, [0, 1]))
     assert len(rows) == 2 and {r["experiment"] for r in rows} == {"suite"}
-    assert rows[0]["strength"] is None and list(timings.index) == [0, 1] and list(timings.total) == [60.0, 61.0]
+    assert rows[0]["strength"] == "" and list(runs.index) == [0, 1] and list(runs.total) == [60.0, 61.0]
+    assert [b["minutes"] for b in results.provenance["parameters"]["build"]] == [1.0, 1.02]
 
 
 @pytest.mark.parametrize("case,match", [("unfinished", "finished"), ("seeds", "cover seeds"),
@@ -48,4 +57,4 @@ def test_a_sweep_that_is_not_this_chapters_is_refused(tmp_path, case, match):
     else:
         path, cfg = _sweep(tmp_path, [0, 1, 2]), suite.Config.from_profile("cpu")
     with pytest.raises(ValueError, match=match):
-        suite.load_merged(cfg, path)
+        _show(cfg, path)

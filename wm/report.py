@@ -32,12 +32,13 @@ def by_metric(frame, experiment: str, index: tuple[str, ...], names: dict[str, s
     return wide.rename(columns=names or {})
 
 
-def show_sweep(results, study: str, cfg, merged):
-    """Load the sweep MERGED of STUDY over seeds into RESULTS (wm.results.load_merged) and record its
-    runs' wall time in the sidecar (parameters["build"]: the chapter's own time is only the view's).
+def show_sweep(results, study: str, cfg, merged, drop: tuple[str, ...] = ()):
+    """Load the sweep MERGED of STUDY over seeds into RESULTS (wm.results.load_merged; the rows of
+    the experiments in DROP left out, for the chapter to recompute) and record its runs' wall time
+    in the sidecar (parameters["build"]: the chapter's own time is only the view's).
     Returns the runs: seed → total seconds, threads, device and folder."""
     from wm.results import load_merged
-    rows, runs = load_merged(study, cfg, merged)
+    rows, runs = load_merged(study, cfg, merged, drop)
     for row in rows:
         results.add(**row)
     results.provenance["parameters"]["build"] = [

@@ -152,7 +152,8 @@ class Config(StudyConfig):
     """Verdicts: an image-service attack is 'cheap' when it costs at most this many dB of PSNR."""
     merged: str = ""
     """A sweep of this suite over seeds (the merged table of `python -m wm sweep attack_suite --grid
-    seed=... -p seeds 1`): the chapter shows its runs instead of training (`load_merged`)."""
+    seed=... -p seeds 1`): the chapter shows its runs instead of training (wm.report.show_sweep; it recomputes the
+    decision rows with the null populations published then)."""
     timings: bool = True
     """Record the wall-clock seconds of every training and attack as `seconds` rows. They differ from
     run to run, so the smoke profile (where CI compares two same-seed tables) leaves them out."""
@@ -371,18 +372,3 @@ def run_seed(cfg: Config, kinds: dict[str, Setup], seed: int, results) -> dict[s
                 add("none", control_model(m), attack, strength, {**measure(m, out, tr.secret, setup), **secs(spent)})
         phases[f"attack controls {recipe}"] = time.perf_counter() - t
     return phases
-
-
-# ---------------------------------------------------------------------------------------------
-# A suite run as a sweep over seeds, shown by one chapter
-# ---------------------------------------------------------------------------------------------
-
-
-def load_merged(cfg: Config, merged) -> tuple[list[dict], "Any"]:
-    """The rows of a sweep of this suite over seeds (`python -m wm sweep attack_suite --grid
-    seed=0,1,2 -p seeds 1`, its merged table MERGED) and the wall seconds of each run
-    (wm.results.load_merged). Decision rows are left out: the chapter recomputes them with the
-    null populations published now."""
-    from wm.results import load_merged as load
-    rows, timings = load("attack_suite", cfg, merged, drop=(nulls.DECISION,))
-    return rows, timings.drop(columns="folder")
