@@ -548,8 +548,8 @@ def wall_times() -> list[dict]:
 
 
 def sweep_builds_section() -> list[str]:
-    """The chapters a sweep builds (the null populations; at cpu the attack suite and the study
-    chapters over seeds): their
+    """The chapters a sweep builds (the null populations; at cpu the attack suite, the study
+    chapters over seeds and the held-out tuning): their
     published sidecars record the sweep's runs (`parameters.build`), since the chapter's own wall
     time is only that of the view that shows them."""
     out = []
@@ -567,8 +567,9 @@ def sweep_builds_section() -> list[str]:
     if not out:
         return []
     return ["## Chapters built by a sweep", "",
-            "The null populations ({doc}`nulls`) and, at `cpu`, the attack suite ({doc}`attack_suite`) and the "
+            "The null populations ({doc}`nulls`) and, at `cpu`, the attack suite ({doc}`attack_suite`), the "
             "study chapters over three seeds ({doc}`null_embedding`, {doc}`image_processing`, {doc}`watermas`) "
+            "and the held-out tuning ({doc}`tuning`) "
             "exceed a chapter's budget in one execution: a sweep builds them (`python -m wm sweep`, each run cached by key "
             "under `data/sweeps/`) and the chapter shows the merged table. The runs, as the published sidecars "
             "record them:", ""] + out
