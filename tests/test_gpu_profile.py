@@ -43,7 +43,10 @@ TINY = {
                                     "n_bits=64,size=16,n_owner=32,n_attacker_pairs=32,n_test_pairs=16,m_epochs=1,"
                                     "stage1_epochs=1,stage2_epochs=1"),
     "tuning": dict(seeds=1, n_val=64, ne_lrs=(0.1,), ne_fractions=(0.25,),
-                   ne_budget="n_train=256,n_test=64,n_verify=64,epochs=0.25,batch_size=64,width=8"),
+                   ne_budget="n_train=256,n_test=64,n_verify=64,epochs=0.25,batch_size=64,width=8",
+                   ip_weights=(3e5,), ip_widths=(8,), ip_n_val=16,
+                   ip_budget="size=16,n_owner=32,n_attacker=32,n_test=16,batch_size=16,m_width=8,m_epochs=1,"
+                             "h_width=8,r_width=8,d_width=8,stage1_epochs=1,sm_epochs=1"),
     "comparison": {},
 }
 """Per notebook: sizes, epochs and grids small enough for a CPU. Never a model or a branch."""

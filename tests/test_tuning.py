@@ -1,6 +1,6 @@
 """Held-out tuning (wm.tuning): the rules pick what the validation numbers say, even where that is
-not the value the chapters use; no candidate reads a test image; a one-seed run repeats its seed
-of a longer run."""
+not the value the chapters use; no candidate reads a test image or photo; a one-seed run repeats
+its seed of a longer run."""
 
 from __future__ import annotations
 
@@ -31,6 +31,26 @@ def test_the_share_rule_keeps_the_cheaper_share_only_within_one_point():
     assert tuning.choose_fraction(_share_table({0.25: [0.850, 0.860], 1.0: [0.890, 0.889]})) == 1.0  # 3.5 points apart
 
 
+def _weights(psnr: dict[float, float], success=1.0, clean=0.0) -> pd.DataFrame:
+    return pd.DataFrame([{"w_basic": w, "seed": s, "psnr": p + s * 0.1, "success_rate": success, "fires on clean": clean}
+                         for w, p in psnr.items() for s in range(3)])
+
+
+def test_the_weight_rule_takes_the_smallest_weight_that_clears_the_bar_and_works():
+    assert tuning.choose_weight(_weights({1e4: 30.0, 1e5: 36.0, 3e5: 44.0})) == 1e5
+    # the counter-examples: no candidate invisible enough; R no longer finds the logo; R fires on clean outputs
+    assert tuning.choose_weight(_weights({1e4: 30.0, 1e5: 33.0})) is None
+    assert tuning.choose_weight(_weights({1e5: 36.0, 3e5: 44.0}, success=0.5)) is None
+    assert tuning.choose_weight(_weights({1e5: 36.0, 3e5: 44.0}, clean=0.2)) is None
+
+
+def test_the_thiefs_width_rule_reads_only_how_well_the_surrogate_copies():
+    t = pd.DataFrame([{"sm_width": w, "model": m, "seed": s, "psnr": p}
+                      for w, p in ((8, 30.0), (16, 33.0)) for m in ("resnet9", "resnet16") for s in range(3)])
+    assert tuning.choose_width(t) == 16
+    assert tuning.choose_width(t.assign(psnr=t.psnr.where(t.sm_width == 16, 40.0))) == 8  # the narrow one copies better
+
+
 def test_the_paired_gap_is_per_seed():
     t = _lr_table({0.05: [0.90, 0.80], 0.1: [0.91, 0.81]})
     gap, half = tuning.paired_gap(t, "lr", 0.1, 0.05)
@@ -52,10 +72,19 @@ def test_a_one_seed_run_repeats_its_seed_and_never_reads_the_test_split(seed_run
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tuning.data, "load_classification", no_test)
+    real_photos = data.photos
+
+    def no_test_photos(split):
+        assert split == "train"
+        return real_photos(split)
+
+    monkeypatch.setattr(tuning.data, "photos", no_test_photos)
     both = seed_runs("tuning", tuning.Config, tuning.run_seed)
     t = tuning.tables(both)
     assert sorted(t.lr.lr.unique()) == [0.05, 0.1] and len(t.lr) == 4
     assert sorted(t.stamp_fraction.stamp_fraction.unique()) == [0.25, 1.0] and len(t.stamp_fraction) == 4
+    assert sorted(t.w_basic.w_basic.unique()) == [1e5, 3e5] and len(t.w_basic) == 4
+    assert sorted(t.sm_width.sm_width.unique()) == [4, 8] and len(t.sm_width) == 4
     # the shared recipe (lr 0.1, share 0.25) is one model: its rows agree in both grids
     a = t.lr[t.lr.lr == 0.1].set_index("seed")["val acc"]
     b = t.stamp_fraction[t.stamp_fraction.stamp_fraction == 0.25].set_index("seed")["val acc"]

@@ -13,8 +13,12 @@ Like the study chapters, a run covers seeds seed … seed+seeds−1 and its tabl
 the results (`tables`), so a sweep of one-seed runs (`python -m wm sweep tuning --grid seed=0,1,2
 -p seeds 1`, shown with `merged`) gives the same chapter.
 
-What is still chosen on reported data (the image study's invisibility weight and surrogate layout)
-is listed in the chapter; it is not re-tuned here yet.
+The image study's invisibility weight w_basic and its surrogates' width were chosen on the test
+patches of seed 0. Here each seed holds out, by photo as the test split is, the last of the owner's
+photos (validation for the owner's choice: w_basic) and the last of the thief's (validation for
+the thief's choice: the surrogate width, chosen as a thief would, by how well the surrogate copies
+the service, never by whether it carries the logo). Every candidate trains on the other photos with
+the image chapter's recipe (wm.image_processing.Config at the same profile).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from types import SimpleNamespace
 import pandas as pd
 
 from wm import data
+from wm import image_processing as ip
 from wm import null_embedding as ne
 from wm.config import FASHION_TRAIN, MAX_SEED, MAX_SEEDS, StudyConfig, param, parse_budget, require
 from wm.progress import Laps
@@ -34,6 +39,13 @@ from wm.train import evaluate
 
 LR, FRACTION = "tune lr", "tune stamp_fraction"
 """The experiments of the table: null embedding's learning rate and stamp share."""
+WEIGHT, WIDTH = "tune w_basic", "tune sm_width"
+"""... and the image study's invisibility weight (the owner's) and surrogate width (the thief's)."""
+INVISIBLE_DB = 35.0
+"""The invisibility bar of the image chapter's verdict 1 (PSNR of B′ against B)."""
+WORKS, SILENT = 0.9, 0.05
+"""The w_basic rule's constraints: R finds the logo in at least 0.9 of the validation B′ and in at
+most 0.05 of the validation clean outputs B."""
 METHOD = "null_embedding"
 VALIDATION = "validation"
 """Every accuracy in this table is measured on the validation split (metric test_acc, as in
@@ -63,18 +75,38 @@ class Config(StudyConfig):
     """Candidate peak learning rates of null embedding (clean and watermarked models)."""
     ne_fractions: tuple = param((0.25, 1.0), gt=0, le=1)
     """Candidate stamp shares of null embedding, trained at the null-embedding chapter's lr."""
+    ip_weights: tuple = param((3e4, 1e5, 3e5, 1e6), gt=0, le=1e9)
+    """Candidate invisibility weights w_basic of the image study's stage 1."""
+    ip_widths: tuple = param((8, 16), of=int, ge=1, le=256)
+    """Candidate surrogate widths (the thief's choice), each with every architecture of ip_archs."""
+    ip_archs: tuple = param(("resnet9", "resnet16"), choices=ip.SM_ARCHS)
+    """Surrogate architectures the width is chosen on (the ones whose width was chosen on test)."""
+    ip_n_val: int = param(300, ge=1, le=10**5)
+    """Validation pairs drawn from each held-out photo (the owner's and the thief's)."""
+    ip_budget: str = ""
+    """Overrides of the image recipe, "name=value,..."; empty: the image chapter's own."""
     ne_budget: str = ""
     """Overrides of the null-embedding recipe, "name=value,..." (e.g. "n_train=256,epochs=0.25"
     for a test); empty: the null-embedding chapter's own at this profile, which the tuned values
     are for."""
 
-    PROFILE_DEFAULTS = {"smoke": dict(seeds=2, n_val=300, ne_lrs=(0.05, 0.1)), "cpu": dict(), "gpu": dict()}
+    PROFILE_DEFAULTS = {"smoke": dict(seeds=2, n_val=300, ne_lrs=(0.05, 0.1), ip_weights=(1e5, 3e5), ip_widths=(4, 8),
+                                      ip_archs=("resnet9",), ip_n_val=24),
+                        "cpu": dict(), "gpu": dict(ip_n_val=1000)}
 
     def ne(self) -> ne.Config:
         """The null-embedding chapter's Config at this profile: the recipe the candidates vary."""
         return ne.Config.from_profile(self.profile, seed=self.seed, **parse_budget(self.ne_budget, "ne_budget"))
 
+    def ip(self) -> ip.Config:
+        """The image chapter's Config at this profile: the recipe the image candidates vary."""
+        return ip.Config.from_profile(self.profile, seed=self.seed, **parse_budget(self.ip_budget, "ip_budget"))
+
     def check(self) -> None:
+        try:
+            self.ip()
+        except ValueError as err:
+            raise ValueError(f"ip_budget={self.ip_budget!r}: {err}") from None
         try:
             base = self.ne()
         except ValueError as err:
@@ -84,7 +116,12 @@ class Config(StudyConfig):
 
 
 def run_seed(cfg: Config, s: int, results, device) -> dict[str, float]:
-    """Every candidate for seed S, recorded in RESULTS; returns seconds per experiment."""
+    """Every candidate for seed S, recorded in RESULTS; returns seconds per part."""
+    return {**run_ne(cfg, s, results, device), **run_image(cfg, s, results, device)}
+
+
+def run_ne(cfg: Config, s: int, results, device) -> dict[str, float]:
+    """Null embedding's candidates for seed S."""
     base = cfg.ne()
     # n_test=1: load_classification always draws a test subset; nothing here reads it
     ds = data.load_classification("fashion_mnist", n_train=base.n_train, n_test=1, seed=s, device=device)
@@ -118,12 +155,60 @@ def run_seed(cfg: Config, s: int, results, device) -> dict[str, float]:
     return lap.seconds
 
 
+def run_image(cfg: Config, s: int, results, device) -> dict[str, float]:
+    """The image study's candidates for seed S: M, then stage 1 at every w_basic on the owner's
+    photos but the last, scored on patches of that last one; then, on the service at the image
+    chapter's w_basic, the thief's surrogates at every width on the thief's photos but the last,
+    scored by how well they copy the service on patches of that last one."""
+    c = dataclasses.replace(cfg.ip(), seed=s)
+    owner_photos, attacker_photos = ip.split_photos(data.photos("train"))
+    own = ip.make_pairs(owner_photos[:-1], c.n_owner, c.size, s, c.rain, device)
+    own_val = ip.make_pairs(owner_photos[-1:], cfg.ip_n_val, c.size, s + 3, c.rain, device)
+    att = ip.make_pairs(attacker_photos[:-1], c.n_attacker, c.size, s + 1, c.rain, device)
+    att_val = ip.make_pairs(attacker_photos[-1:], cfg.ip_n_val, c.size, s + 4, c.rain, device)
+    lap = Laps()
+
+    m_net, _ = ip.train_target(c, own, seed=s)
+    b, b_val = (ip.deliver(ip.apply(m_net, p.a)) for p in (own, own_val))
+    service = None
+    for w in cfg.ip_weights:
+        cw = dataclasses.replace(c, w_basic=w)
+        wmk = ip.new_watermark(cw, device)
+        ip.train_stage1(cw, wmk, own.a, b, seed=s)
+        marked = wmk.embed(b_val)
+        case = f"w_basic={w:g} ({VALIDATION})"
+        record(results, "deep", "unet", WEIGHT, {**ip.image_quality(marked, b_val),
+                                                 "success_rate": ip.verify(wmk, marked, c.tau).success_rate},
+               seed=s, case=case)
+        record(results, "none", "clean_output", WEIGHT, {"success_rate": ip.verify(wmk, b_val, c.tau).success_rate},
+               seed=s, case=case)
+        if w == c.w_basic:
+            service = wmk
+    lap("w_basic")
+    if service is None:  # the thief copies the service as the image chapter runs it
+        service = ip.new_watermark(c, device)
+        ip.train_stage1(c, service, own.a, b, seed=s)
+    delivered = service.embed(ip.deliver(ip.apply(m_net, att.a)))
+    reference = service.embed(ip.deliver(ip.apply(m_net, att_val.a)))  # what the service returns the thief
+    for i, arch in enumerate(cfg.ip_archs):
+        for width in cfg.ip_widths:
+            net, _ = ip.train_surrogate(dataclasses.replace(c, sm_width=width), arch, "l2", att.a, delivered,
+                                        seed=s + 100 + i)
+            copy = ip.deliver(ip.apply(net, att_val.a))
+            record(results, "none", arch, WIDTH, ip.image_quality(copy, reference), seed=s,
+                   case=f"sm_width={width:g} ({VALIDATION})")
+    lap("surrogate width")
+    return lap.seconds
+
+
 NAMES = {"test_acc": "val acc", "wm_acc_null": "acc_null", "wm_acc_true": "acc_true"}
 
 
 def tables(frame: pd.DataFrame) -> SimpleNamespace:
-    """One row per (candidate, seed): the clean and the watermarked model's validation accuracy and
-    the watermarked model's verification on the validation split, for each tuned value."""
+    """One row per (candidate, seed) of each tuned value, all measured on validation data: null
+    embedding's clean and watermarked accuracy and verification (lr, stamp_fraction); the image
+    study's B′ quality and R's success on marked and clean outputs (w_basic); the surrogates'
+    copy of the service (sm_width, one row per architecture too)."""
     frame = frame.assign(seed=frame.seed.astype(int))
     out = {}
     for name, experiment in (("lr", LR), ("stamp_fraction", FRACTION)):
@@ -132,6 +217,15 @@ def tables(frame: pd.DataFrame) -> SimpleNamespace:
         marked = w[w.method == METHOD].drop(columns=["method", "case"])
         clean = w[w.method == "none"][["seed", name, "val acc"]].rename(columns={"val acc": "clean val acc"})
         out[name] = marked.merge(clean, on=["seed", name]).sort_values([name, "seed"]).reset_index(drop=True)
+    w = by_metric(frame, WEIGHT, ("method", "seed", "case"))
+    w["w_basic"] = w.case.str.extract(r"w_basic=([0-9.e+-]+)")[0].astype(float)
+    marked = w[w.method == "deep"][["seed", "w_basic", "psnr", "ssim", "success_rate"]]
+    clean = w[w.method == "none"][["seed", "w_basic", "success_rate"]].rename(columns={"success_rate": "fires on clean"})
+    out["w_basic"] = marked.merge(clean, on=["seed", "w_basic"]).sort_values(["w_basic", "seed"]).reset_index(drop=True)
+    w = by_metric(frame, WIDTH, ("model", "seed", "case"))
+    w["sm_width"] = w.case.str.extract(r"sm_width=([0-9]+)")[0].astype(int)
+    out["sm_width"] = w[["model", "seed", "sm_width", "psnr", "ssim"]].sort_values(["sm_width", "model", "seed"]) \
+        .reset_index(drop=True)
     return SimpleNamespace(**out)
 
 
@@ -144,6 +238,12 @@ def summary(per_seed: pd.DataFrame, name: str) -> pd.DataFrame:
             row[col], row[f"{col} ±"] = interval(part[col])
         rows.append(row)
     return pd.DataFrame(rows).set_index(name)
+
+
+def summary_of(per_seed: pd.DataFrame, name: str, col: str) -> pd.DataFrame:
+    """Mean and 95 % half-width over seeds ("mean", "half") of COL per candidate value NAME."""
+    return pd.DataFrame([dict(zip((name, "mean", "half"), (value, *interval(part[col]))))
+                         for value, part in per_seed.groupby(name)]).set_index(name)
 
 
 def choose_lr(per_seed: pd.DataFrame) -> float:
@@ -160,6 +260,23 @@ def choose_fraction(per_seed: pd.DataFrame, points: float = FIDELITY_POINTS) -> 
     means = per_seed.groupby("stamp_fraction")[["val acc", "acc_null"]].mean()
     near = (100 * (means.max() - means) <= points).all(axis=1)
     return float(near[near].index.min())
+
+
+def choose_weight(per_seed: pd.DataFrame, bar: float = INVISIBLE_DB) -> float | None:
+    """The rule for w_basic: the smallest weight (the strongest embedding: invisibility is a
+    constraint, the mark's strength what is left to maximise) whose mean validation PSNR reaches
+    BAR while R finds the logo in at least WORKS of the marked and at most SILENT of the clean
+    validation outputs (means over seeds); None when no candidate qualifies."""
+    m = per_seed.groupby("w_basic")[["psnr", "success_rate", "fires on clean"]].mean()
+    ok = m[(m.psnr >= bar) & (m.success_rate >= WORKS) & (m["fires on clean"] <= SILENT)]
+    return float(ok.index.min()) if len(ok) else None
+
+
+def choose_width(per_seed: pd.DataFrame) -> int:
+    """The thief's rule for the surrogate width: the width whose surrogates copy the service best on
+    the thief's validation photo (mean PSNR against the service's outputs, over architectures and
+    seeds); the logo plays no part in it."""
+    return int(per_seed.groupby("sm_width").psnr.mean().idxmax())
 
 
 def paired_gap(per_seed: pd.DataFrame, name: str, a: float, b: float, col: str = "val acc") -> tuple[float, float]:
