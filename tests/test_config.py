@@ -133,3 +133,16 @@ def test_the_chapter_list_comes_from_the_toc_and_covers_every_notebook():
     assert set(runner.studies()) == on_disk
     assert set(TABLE_STUDIES) | {EXAMPLE_STUDY} == set(STUDIES)  # every chapter with a Config writes a table
     assert runner.studies()[-1] == "comparison"  # it reads the others' tables
+
+
+@pytest.mark.parametrize("study", runner.studies())
+def test_papermill_reads_every_parameter_line(study, caplog):
+    """papermill skips (with a warning) a parameter line holding more than one '=', e.g. one whose
+    comment says "std = k × σ": such a parameter would vanish from `papermill --help-notebook`."""
+    import logging
+
+    import papermill
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        found = papermill.inspect_notebook(str(runner.notebook_path(study)))
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
+    assert "profile" in found
