@@ -97,6 +97,20 @@ def test_train_i2i_learns_a_mapping_and_checks_its_loss():
         ip.train_i2i(net, x, y, "perc_adv", 1, 1e-3, 16, 0)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["unet", "resnet9"])
+def test_every_null_architecture_trains_into_a_working_deraining_model(arch):
+    """An independent model of the null population must be a working model: with L1 a ResNet-9
+    never left the identity (the rainy inputs' PSNR to 0.001 dB), hence ip.TARGET_LOSS."""
+    torch.set_num_threads(1)
+    cfg = ip.Config.from_profile("smoke", size=16, m_width=8, m_epochs=4, batch_size=16)
+    owner, _ = ip.split_photos(data.photos("train"))
+    pairs = ip.make_pairs(owner, 256, 16, 0, cfg.rain, "cpu")
+    net, _ = ip.train_target(cfg, pairs, seed=200, arch=arch)
+    rainy = ip.image_quality(pairs.a, pairs.clean)["psnr"]
+    assert ip.image_quality(ip.apply(net, pairs.a), pairs.clean)["psnr"] > rainy + 1.0
+
+
 def test_instance_norm_is_torchs_affine_instance_norm():
     torch.manual_seed(0)
     x = torch.randn(4, 8, 12, 12) * 3 + 1

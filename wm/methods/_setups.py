@@ -113,7 +113,8 @@ class ServiceMethod(Method):
     twin_recipe, twin_model = "deraining", "unet"
     own_attacks = {"overwrite": "PSNR of the thief's mark (dB)"}
     null_archs = ("unet", "resnet9")
-    """M's residual U-Net, and pix2pix's ResNet-9 trained the same way (wm.image_models)."""
+    """M's residual U-Net, and pix2pix's ResNet-9 trained the same way but with L2, where L1 leaves it
+    the identity (wm.image_processing.TARGET_LOSS)."""
 
     def train_twin(self, setup: Setup) -> torch.nn.Module:
         self.arch(setup)  # checked here: train_service reads it
