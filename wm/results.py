@@ -129,7 +129,8 @@ def cpu_model() -> str:
 def cpu_name() -> str:
     """The CPU model and the threads torch uses (what device_name says on a machine without CUDA)."""
     import torch
-    return f"CPU ({cpu_model()}, {torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    return f"CPU ({cpu_model()}, {n} thread{'s' if n != 1 else ''})"
 
 
 def source_status() -> str:
