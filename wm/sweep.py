@@ -2,7 +2,7 @@
 
 A sweep runs one study over the Cartesian product of its `--grid` values, each point an ordinary
 `python -m wm run` in a child process, on local workers or on an existing Dask cluster
-(`--scheduler tcp://host:8786`). The sweep folder (default data/sweeps/<study>-<profile>/) holds
+(`--scheduler tcp://host:8786`, wm.sweep_dask). The sweep folder (default data/sweeps/<study>-<profile>/) holds
 
     runs/<key>/            one run: its executed notebook, results/<study>.csv, figures, run.log
     runs/<key>/done.json   written last and atomically: the run is finished iff this file exists
@@ -36,7 +36,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -278,26 +277,6 @@ def execute(study: str, profile: str, args: dict[str, str], out: Path, threads: 
     return time.perf_counter() - started
 
 
-def execute_remote(study: str, profile: str, args: dict[str, str], sources: str, threads: int = 1,
-                   device: str = "", allow_cpu: bool = False) -> dict[str, Any]:
-    """A run on a Dask worker: executed into a temporary folder there, its files sent back.
-
-    The worker needs this repository importable and the project's environment, not the
-    client's file system: the client writes the files into the sweep folder itself.
-    """
-    if source_hash(study) != sources:  # the key promises this code made the numbers
-        raise RunFailed(f"the worker on {socket.gethostname()} has other wm/ sources than the "
-                        f"client (hash {source_hash(study)}, not {sources}): sync its checkout")
-    if device and device_kind() != device:  # so is the device: other hardware, other numbers
-        raise RunFailed(f"the worker on {socket.gethostname()} computes on {device_kind()}, not on "
-                        f"{device} as the sweep's keys say: run the sweep from a machine like its workers")
-    with tempfile.TemporaryDirectory(prefix="wm-sweep-") as tmp:
-        seconds = execute(study, profile, args, Path(tmp), threads, allow_cpu)
-        files = {p.relative_to(tmp).as_posix(): p.read_bytes()
-                 for p in sorted(Path(tmp).rglob("*")) if p.is_file()}
-    return {"seconds": seconds, "host": socket.gethostname(), "files": files}
-
-
 def _mark_done(sweep: Sweep, run: Run, seconds: float, host: str) -> None:
     """Written last, atomically: from here on the run counts as finished."""
     from wm.results import atomic_write_text
@@ -375,7 +354,8 @@ def run(sweep: Sweep, workers: int = 1, scheduler: str | None = None) -> int:
 
     try:
         if scheduler:
-            _on_dask(sweep, todo, scheduler, finished)
+            from wm.sweep_dask import on_dask
+            on_dask(sweep, todo, scheduler, finished)
         else:
             _locally(sweep, todo, workers, finished)
     finally:
@@ -416,36 +396,3 @@ def _locally(sweep: Sweep, todo: list[Run], workers: int, finished) -> None:
             child.terminate()  # each run then cleans up after its own SIGTERM
         raise
     pool.shutdown()
-
-
-def _on_dask(sweep: Sweep, todo: list[Run], scheduler: str, finished) -> None:
-    """One Dask task per unfinished run on an existing cluster; the files come back here."""
-    if not todo:  # nothing to run: no need for the cluster
-        return
-    from distributed import Client, as_completed as dask_completed
-
-    try:
-        client = Client(scheduler, timeout="30s")
-    except Exception as err:  # noqa: BLE001 - OSError, TimeoutError, or distributed's own: one line
-        raise RuntimeError(f"cannot reach the Dask scheduler at {scheduler}: {type(err).__name__}: {err}") from None
-    sources = sweep.code.split("+", 1)[1]
-    with client:
-        futures = {client.submit(execute_remote, sweep.study, sweep.profile, r.args, sources, sweep.threads,
-                                 sweep.device, sweep.allow_cpu, key=f"wm-{sweep.study}-{r.key}", pure=False): r
-                   for r in todo}
-        for future in dask_completed(futures):
-            r = futures[future]
-            error = None
-            if future.status != "finished":  # an error raised in the run, or a cancelled task
-                try:
-                    error = future.exception()
-                except BaseException as err:  # noqa: BLE001 - cancelled: exception() raises
-                    error = err
-            if error is None:
-                got = future.result()
-                for rel, data in got["files"].items():  # no done.json yet: unfinished if killed here
-                    dest = sweep.folder(r) / rel
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    dest.write_bytes(data)
-                _mark_done(sweep, r, got["seconds"], got["host"])
-            finished(r, error)
