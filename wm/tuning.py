@@ -71,12 +71,13 @@ class Config(StudyConfig):
     n_val: int = param(5000, ge=1, le=FASHION_TRAIN)
     """Validation images, held out of each seed's draw of the training split; the candidates train
     on the rest of the null-embedding chapter's n_train."""
-    ne_lrs: tuple = param((0.025, 0.05, 0.1, 0.2), gt=0, le=10)
+    ne_lrs: tuple = param((0.025, 0.05, 0.1, 0.2, 0.4), gt=0, le=10)
     """Candidate peak learning rates of null embedding (clean and watermarked models)."""
     ne_fractions: tuple = param((0.25, 1.0), gt=0, le=1)
     """Candidate stamp shares of null embedding, trained at the null-embedding chapter's lr."""
-    ip_weights: tuple = param((3e4, 1e5, 3e5, 1e6), gt=0, le=1e9)
-    """Candidate invisibility weights w_basic of the image study's stage 1."""
+    ip_weights: tuple = param((3e3, 1e4, 3e4, 1e5, 3e5, 1e6), gt=0, le=1e9)
+    """Candidate invisibility weights w_basic of the image study's stage 1 (the official code's 10⁴
+    among them; 3·10³ and lr 0.4 were added when a first sweep picked the grids' edges)."""
     ip_widths: tuple = param((8, 16), of=int, ge=1, le=256)
     """Candidate surrogate widths (the thief's choice), each with every architecture of ip_archs."""
     ip_archs: tuple = param(("resnet9", "resnet16"), choices=ip.SM_ARCHS)
