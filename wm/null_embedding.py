@@ -339,10 +339,10 @@ class Config(StudyConfig):
     """Training epochs (from scratch) of clean and watermarked models."""
     batch_size: int = param(128, ge=2, le=MAX_BATCH)
     """Clean samples per step."""
-    lr: float = param(0.1, gt=0, le=10)
-    """Peak SGD learning rate (warm-up, cosine decay). 0.1, not 0.05: measured on seed 0 it raises
-    clean and watermarked accuracy alike (clean 91.74 % vs ~91.1 %, watermarked 91.36 % vs
-    90.88 %; 6 epochs on 60k)."""
+    lr: float = param(0.2, gt=0, le=10)
+    """Peak SGD learning rate (warm-up, cosine decay). 0.2: the candidate of (0.025 … 0.4) whose
+    watermarked model is most accurate on a validation split held out of the training images
+    (wm.tuning, the tuning chapter; 3 seeds). It was 0.1, chosen on seed 0's test accuracy."""
     n: int = param(6, ge=1, le=16)
     """Side of the square pattern (n² bits)."""
     lam: float = param(LAM_2000_ON_0_255, gt=0, le=1e6)
