@@ -91,7 +91,7 @@ class Config(StudyConfig):
     for a test); empty: the null-embedding chapter's own at this profile, which the tuned values
     are for."""
 
-    PROFILE_DEFAULTS = {"smoke": dict(seeds=2, n_val=300, ne_lrs=(0.05, 0.1), ip_weights=(1e5, 3e5), ip_widths=(4, 8),
+    PROFILE_DEFAULTS = {"smoke": dict(seeds=2, n_val=300, ne_lrs=(0.1, 0.2), ip_weights=(1e5, 3e5), ip_widths=(4, 8),
                                       ip_archs=("resnet9",), ip_n_val=24),
                         "cpu": dict(), "gpu": dict(ip_n_val=1000)}
 
