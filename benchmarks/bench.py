@@ -682,18 +682,36 @@ def book_page(rows: list[Row], args, devices: dict[str, str], started: str) -> s
                   "by side (the image study and its part of the attack suite also changed precision: stage 1 "
                   "now trains in bf16 on this CPU).", "",
                   BEFORE_AFTER.read_text(), ""]  # its studies are ### sections of this ## one
+    return "\n".join(parts + wall_time_section()) + "\n"
+
+
+WALLS_HEADING = "## Per-notebook wall time"
+
+
+def wall_time_section() -> list[str]:
+    """The chapter's last part, read from the published sidecars alone: each notebook's wall time,
+    then the runs of the chapters a sweep builds."""
     walls = wall_times()
-    parts += ["## Per-notebook wall time", "",
-              "From the provenance sidecars of the published results (`data/results/<study>.json`): the wall "
-              "time of one execution of each notebook, with its profile and device.", ""]
+    parts = [WALLS_HEADING, "",
+             "From the provenance sidecars of the published results (`data/results/<study>.json`): the wall "
+             "time of one execution of each notebook, with its profile and device.", ""]
     if walls:
         parts += ["| notebook | profile | device | wall time | started | commit |", "|---|---|---|---|---|---|"]
         parts += [f"| {w['study']} | {w['profile']} | {w['device']} | {w['wall_seconds'] / 60:.1f} min "
                   f"({w['wall_seconds']:.0f} s) | {w['started']} | `{w['commit']}` |" for w in walls]
     else:
         parts.append("No provenance sidecar was found in `data/results/`.")
-    parts += [""] + sweep_builds_section()
-    return "\n".join(parts) + "\n"
+    return parts + [""] + sweep_builds_section()
+
+
+def rewrite_walls() -> None:
+    """After a chapter is published: rewrite only the chapter's wall-time part from the sidecars,
+    keeping the measured part above it (no measuring)."""
+    text = BOOK_PAGE.read_text()
+    if WALLS_HEADING not in text:
+        raise SystemExit(f"{BOOK_PAGE}: no '{WALLS_HEADING}' section to rewrite")
+    BOOK_PAGE.write_text(text[:text.index(WALLS_HEADING)] + "\n".join(wall_time_section()) + "\n")
+    print(f"wrote the wall times of {BOOK_PAGE.relative_to(ROOT)}")
 
 
 VERDICT_TEXT = """\
@@ -750,7 +768,11 @@ def main() -> None:
     ap.add_argument("--write-book", action="store_true", help="write the chapter book/performance.md")
     ap.add_argument("--json", default=None, help="also write the measurements to this file")
     ap.add_argument("--from-json", default=None, help="only rewrite book/performance.md from a --json file")
+    ap.add_argument("--walls-only", action="store_true",
+                    help="only rewrite book/performance.md's wall times from the published sidecars")
     args = ap.parse_args()
+    if args.walls_only:
+        return rewrite_walls()
     if args.from_json:
         return rewrite_book(args.from_json)
     if args.repeats < 1 or (args.steps is not None and args.steps < 1):

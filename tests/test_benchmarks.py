@@ -2,6 +2,7 @@
 page (not the timings themselves: those are measured by hand, not in a test)."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -68,3 +69,24 @@ def test_performance_page_holds_reference_rows_to_no_target(tmp_path, monkeypatc
     monkeypatch.setattr(bench, "BEFORE_AFTER", tmp_path / "ba.md")
     page = bench.book_page(rows, args, {"cpu": "a CPU"}, "today")
     assert "## Results before and after the speed work" in page and "\n### null_embedding" in page
+
+
+def test_walls_only_rewrites_the_wall_times_and_keeps_the_measured_part(tmp_path, monkeypatch):
+    bench = _load("bench")
+    page = tmp_path / "performance.md"
+    page.write_text("# Performance\n\nmeasured part\n\n## Per-notebook wall time\n\nstale table\n")
+    monkeypatch.setattr(bench, "BOOK_PAGE", page)
+    monkeypatch.setattr(bench, "ROOT", tmp_path)
+    (tmp_path / "data" / "results").mkdir(parents=True)
+    (tmp_path / "data" / "results" / "tuning.json").write_text(json.dumps(
+        {"wall_seconds": 120, "profile": "cpu", "device": "CPU (x)", "started": "today", "commit": "abc",
+         "parameters": {"build": [{"parameters": "seed=0", "minutes": 50.9, "threads": 1, "device": "cpu:x"}]}}))
+    bench.rewrite_walls()
+    text = page.read_text()
+    assert text.startswith("# Performance\n\nmeasured part\n\n## Per-notebook wall time")
+    assert "stale table" not in text and "| tuning | cpu | CPU (x) | 2.0 min (120 s) |" in text
+    assert "### tuning" in text and "| seed=0 | 50.9 | 1 | cpu:x |" in text
+    page.write_text("# Performance\n")  # no section to rewrite: a clear error, the page untouched
+    with pytest.raises(SystemExit, match="no '## Per-notebook wall time' section"):
+        bench.rewrite_walls()
+    assert page.read_text() == "# Performance\n"
