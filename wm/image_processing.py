@@ -15,10 +15,10 @@ what is this module's own choice:
   blocks with dilations 2,…,4,…,1 and affine InstanceNorm, ×2 up-sampling), narrower and shorter;
   a Sigmoid output where the code ends in ReLU (targets are images in [0, 1]). D: the code's
   PatchGAN (3×3 stride-2 convs, InstanceNorm, LeakyReLU 0.2), trained as an LSGAN.
-* Loss weights: the official code's (1e4 × every MSE term of R, 0.01 × the LSGAN generator term,
-  perceptual weight 0) except H's invisibility term MSE(B′, B), weighted 3e5 (30× the code's 1e4:
-  see Config.w_basic), not the paper's λ's (all 1, λ3 = 0.01): in the paper's form the
-  adversarial term would weigh 10⁴ times more. The clean loss covers both A and B, the
+* Loss weights: the official code's (1e4 × every MSE term, H's invisibility term MSE(B′, B)
+  included: see Config.w_basic; 0.01 × the LSGAN generator term, perceptual weight 0), not the
+  paper's λ's (all 1, λ3 = 0.01): in the paper's form the adversarial term would weigh 10⁴ times
+  more. The clean loss covers both A and B, the
   consistency term compares R's outputs across the two halves of a batch (as in the code).
 * Stage 2: only R is fine-tuned, on B′ and the defender's own surrogate's outputs (→ δ) and on A
   and B (→ δ0), plus consistency (the README's figure; binpat's reimplementation).
@@ -111,10 +111,10 @@ class Config(StudyConfig):
     """Adam learning rate of stage 1 (β1 0.5 as in the code)."""
     stage1_epochs: float = param(8, gt=0, le=MAX_EPOCHS)
     """Epochs of stage 1 (H, R, D jointly)."""
-    w_basic: float = param(3e5, ge=0, le=1e9)
-    """Weight of MSE(B′, B). The code's betamse is 1e4 (like every other MSE weight here); at this
-    profile's budget that left B′ at 28.3 dB (measured, 8 epochs), below the invisibility bar of
-    35 dB, so invisibility is weighted 30× more: 45 dB measured."""
+    w_basic: float = param(1e4, ge=0, le=1e9)
+    """Weight of MSE(B′, B): the code's betamse 1e4, chosen on validation by the tuning chapter
+    (book/tuning.ipynb: the smallest weight whose B′ clears 35 dB on the owner's held-out photo,
+    mean of 3 seeds; 35.4 dB there). Until then the chapter ran at 3e5, chosen on its test patches."""
     w_adv: float = param(0.01, ge=0, le=1e9)
     """Weight of H's LSGAN term (the code's betagans)."""
     w_wm: float = param(1e4, ge=0, le=1e9)
