@@ -98,3 +98,11 @@ def test_the_amplitude_aware_rule_refuses_a_faint_logo_that_the_nc_accepts():
     assert faint.success_rate == 1 and faint.success_rate_amp == 0 and abs(faint.gain - 0.1).max() < 1e-5
     curve = faint.success_over([0.5, 0.99])
     assert curve.iloc[:, 1].tolist() == [1.0, 1.0] and curve.iloc[:, 2].tolist() == [0.0, 0.0]
+
+
+def test_beats_ablation_is_not_testable_between_marks_of_unequal_visibility():
+    stronger = _pairs({"6": [0.3, 0.31, 0.29]})
+    assert verdicts.beats_ablation(stronger).level is True
+    assert verdicts.beats_ablation(stronger, costs=(31.7, 40.1), tolerance=1.0).level == "not testable"
+    assert verdicts.beats_ablation(stronger, costs=(39.8, 40.1), tolerance=1.0).level is True
+    assert verdicts.beats_ablation(_pairs({"6": [0.0, 0.01, -0.01]}), costs=(40.0, 40.2)).level is False

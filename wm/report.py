@@ -226,11 +226,17 @@ class Verdict:
         return f"Rule: {self.rule} Found: {self.found}"
 
 
-def beats_ablation(table) -> Verdict:
+def beats_ablation(table, costs: tuple[float, float] | None = None, tolerance: float = 1.0,
+                   unit: str = "dB") -> Verdict:
     """TABLE: columns strength, seed, method_score, ablation_score (the same seed and attack
-    strength for both). Paired per seed, so seed-to-seed variation cancels."""
+    strength for both). Paired per seed, so seed-to-seed variation cancels. COSTS: the method's
+    and the ablation's mean cost of marking (e.g. the marked outputs' PSNR against the unmarked,
+    in UNIT); where they differ by more than TOLERANCE the marks are not of equal strength (the
+    more visible one survives more for that alone) and the comparison is not testable."""
     rule = ("the method's score exceeds its ablation's at equal attack strength, the 95 % interval of the "
             "paired difference over seeds above 0 at one strength at least and below 0 at none.")
+    if costs is not None:
+        rule += f" Compared only where both marks cost the same within {tolerance:g} {unit}."
     better, worse = [], []
     for strength, g in table.groupby("strength", sort=False):
         m, h = interval(g.method_score - g.ablation_score)
@@ -241,6 +247,9 @@ def beats_ablation(table) -> Verdict:
     found = (f"significantly better at {', '.join(better) or 'no strength'}; "
              f"significantly worse at {', '.join(worse) or 'no strength'}.")
     level = bool(better) and not worse
+    if costs is not None and not abs(costs[0] - costs[1]) <= tolerance:
+        return Verdict("not testable", rule, f"the marks differ in cost ({costs[0]:.1f} against {costs[1]:.1f} {unit}); "
+                                             f"at face value: {found}")
     return Verdict(level if not (better and worse) else "partly", rule, found)
 
 

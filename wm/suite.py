@@ -43,6 +43,10 @@ ATTACKS = (*attack_registry.REGISTRY, *method_registry.own_attacks())
 
 KEYS = 5000
 """Seed offset of the key population's random secrets (apart from the thief's, seed + 1000)."""
+EQUAL_PSNR_DB = 1.0
+"""An image mark is compared with its baseline only where both are equally visible: their marked
+outputs' mean PSNR against the unmarked within this many dB (a more visible mark survives more for
+that alone)."""
 
 GRID_FIELDS = {"finetune": "finetune_epochs", "prune": "prune_amounts", "quantize": "quant_bits", "noise": "noise_k",
                "distill": "distill_epochs", "surrogate": "surrogate_epochs"}
