@@ -18,8 +18,8 @@ what is this module's own choice:
 * Loss weights: the official code's (1e4 × every MSE term, H's invisibility term MSE(B′, B)
   included: see Config.w_basic; 0.01 × the LSGAN generator term, perceptual weight 0), not the
   paper's λ's (all 1, λ3 = 0.01): in the paper's form the adversarial term would weigh 10⁴ times
-  more. The clean loss covers both A and B, the
-  consistency term compares R's outputs across the two halves of a batch (as in the code).
+  more. The clean loss covers both A and B, the consistency term compares R's outputs across the
+  two halves of a batch (as in the code).
 * Stage 2: only R is fine-tuned, on B′ and the defender's own surrogate's outputs (→ δ) and on A
   and B (→ δ0), plus consistency (the README's figure; binpat's reimplementation).
 * Every image a party receives is 8-bit (`deliver`): the API returns PNGs, so the watermark must
