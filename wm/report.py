@@ -42,7 +42,8 @@ def show_sweep(results, study: str, cfg, merged, drop: tuple[str, ...] = ()):
     for row in rows:
         results.add(**row)
     results.provenance["parameters"]["build"] = [
-        {"parameters": f"seed={s}", "minutes": round(r.total / 60, 2), "threads": r.threads, "device": r.device}
+        {"parameters": f"seed={s}" + (f", parts={r.parts}" if "parts" in runs else ""), "minutes": round(r.total / 60, 2),
+         "threads": r.threads, "device": r.device}
         for s, r in runs.iterrows()]
     return runs
 

@@ -244,38 +244,60 @@ def load_merged(study: str, cfg, merged, drop: tuple[str, ...] = ()):
     seeds 1`, its merged table MERGED) and the wall seconds of each run, after checking that every
     run finished and ran CFG's parameters (a StudyConfig) but for its seed, and that together they
     cover CFG's seeds. Rows of the experiments in DROP are left out (what the chapter recomputes).
-    Returns (rows for Results.add, a DataFrame of run times and folders indexed by seed); raises ValueError
-    naming what does not match."""
+
+    A study whose Config names SPLIT = (parameter, legacy value) may split a seed's run by that
+    parameter (a tuple of parts, e.g. tuning's `parts`), and MERGED may then name several merged
+    tables separated by `+` (sweeps made at different times): together their runs must cover every
+    part of CFG's parameter for every seed, each once. A run recorded before the parameter existed
+    did the legacy parts.
+    Returns (rows for Results.add, a DataFrame of run times and folders indexed by seed, with the
+    run's `parts` where split); raises ValueError naming what does not match."""
     import pandas as pd
 
     from wm.runner import parse_value
 
-    path = Path(merged)
-    if not path.is_file() or not path.with_suffix(".json").is_file():
-        raise ValueError(f"{merged}: no merged sweep table (and its .json) there")
-    sweep = json.loads(path.with_suffix(".json").read_text())
-    if sweep.get("study") != study or sweep.get("profile") != cfg.profile:
-        raise ValueError(f"{merged} is a sweep of {sweep.get('study')} at {sweep.get('profile')}, not {study} at {cfg.profile}")
-    if sweep["finished"] != sweep["runs"]:
-        raise ValueError(f"{merged}: only {sweep['finished']} of its {sweep['runs']} runs finished")
-    apart = ("seed", "seeds", "profile", "merged")
+    split, legacy = getattr(type(cfg), "SPLIT", (None, None))
+    paths = [Path(p) for p in str(merged).split("+")]
+    if len(paths) > 1 and split is None:
+        raise ValueError(f"{merged}: {study} runs are not split by part, so one merged table shows them")
+    apart = ("seed", "seeds", "profile", "merged") + ((split,) if split else ())
     mine = {k: v for k, v in cfg.as_dict().items() if k not in apart}
-    seeds, timings = [], []
-    for key, args in sweep["keys"].items():
-        run = type(cfg).from_profile(cfg.profile, **{k: parse_value(v) for k, v in args.items()})
-        theirs = {k: v for k, v in run.as_dict().items() if k not in apart}
-        if theirs != mine:
-            diff = sorted(k for k in mine if mine[k] != theirs[k])
-            raise ValueError(f"{merged}: run {key} ran other parameters than this chapter's ({', '.join(diff)})")
-        seeds += list(range(run.seed, run.seed + run.seeds))
-        done = json.loads((path.parent / "runs" / key / "done.json").read_text())
-        timings.append({"seed": run.seed, "total": done["wall_seconds"], "threads": done["threads"], "device": done["device"],
-                        "folder": path.parent / "runs" / key})
-    if sorted(seeds) != list(range(cfg.seed, cfg.seed + cfg.seeds)):
-        raise ValueError(f"{merged}: its runs cover seeds {sorted(seeds)}, not {cfg.seed}..{cfg.seed + cfg.seeds - 1}")
-    table = pd.read_csv(path, dtype={"strength": str, "case": str}, keep_default_na=False, converters={"value": _value})
-    table = table[~table.experiment.isin(drop)]
-    rows = [{c: r[c] for c in COLUMNS if c not in ("study", "profile")} for r in table.to_dict("records")]
+    pieces, timings, rows = [], [], []
+    for path in paths:
+        if not path.is_file() or not path.with_suffix(".json").is_file():
+            raise ValueError(f"{path}: no merged sweep table (and its .json) there")
+        sweep = json.loads(path.with_suffix(".json").read_text())
+        if sweep.get("study") != study or sweep.get("profile") != cfg.profile:
+            raise ValueError(f"{path} is a sweep of {sweep.get('study')} at {sweep.get('profile')}, not {study} at {cfg.profile}")
+        if sweep["finished"] != sweep["runs"]:
+            raise ValueError(f"{path}: only {sweep['finished']} of its {sweep['runs']} runs finished")
+        keep = set()
+        for key, args in sweep["keys"].items():
+            values = {k: parse_value(v) for k, v in args.items()}
+            if split:
+                values.setdefault(split, legacy)
+            run = type(cfg).from_profile(cfg.profile, **values)
+            theirs = {k: v for k, v in run.as_dict().items() if k not in apart}
+            if theirs != mine:
+                diff = sorted(k for k in mine if mine[k] != theirs[k])
+                raise ValueError(f"{path}: run {key} ran other parameters than this chapter's ({', '.join(diff)})")
+            parts = tuple(getattr(run, split)) if split else (None,)
+            pieces += [(s, p) for s in range(run.seed, run.seed + run.seeds) for p in parts]
+            keep.add(key)
+            done = json.loads((path.parent / "runs" / key / "done.json").read_text())
+            timings.append({"seed": run.seed, "total": done["wall_seconds"], "threads": done["threads"], "device": done["device"],
+                            "folder": path.parent / "runs" / key, **({"parts": ",".join(parts)} if split else {})})
+        table = pd.read_csv(path, dtype={"strength": str, "case": str}, keep_default_na=False, converters={"value": _value})
+        table = table[~table.experiment.isin(drop)]
+        rows += [{c: r[c] for c in COLUMNS if c not in ("study", "profile")} for r in table.to_dict("records")]
+    seeds = range(cfg.seed, cfg.seed + cfg.seeds)
+    wanted = [(s, p) for s in seeds for p in (tuple(getattr(cfg, split)) if split else (None,))]
+    if sorted(pieces, key=str) != sorted(wanted, key=str):
+        got = sorted({s for s, _ in pieces})
+        if not split:
+            raise ValueError(f"{merged}: its runs cover seeds {got}, not {cfg.seed}..{cfg.seed + cfg.seeds - 1}")
+        raise ValueError(f"{merged}: its runs cover (seed, part) {sorted(pieces, key=str)}, not every part of "
+                         f"{', '.join(getattr(cfg, split))} for seeds {cfg.seed}..{cfg.seed + cfg.seeds - 1} once")
     for r in rows:
         r["strength"] = None if r["attack"] == "none" else r["strength"]
     return rows, pd.DataFrame(timings).set_index("seed").sort_index()

@@ -131,6 +131,15 @@ class Config(StudyConfig):
     """Overwrite of an image service: PSNR (dB) of the thief's spread-spectrum mark on each output."""
     ss_bits: int = param(64, ge=1, le=MAX_PAIRS)
     """Payload of the thief's spread-spectrum mark."""
+    w_basic: float = param(1e4, gt=0, le=1e9)
+    """Invisibility weight of the deep service's stage 1 (the image chapter's loss otherwise). Chosen
+    for this budget on the owner's held-out photo by the tuning chapter's rule (part `suite` of
+    book/tuning.ipynb: the smallest weight whose validation B′ reaches 35 dB with R working), not the
+    image chapter's weight, which leaves the mark visible at this smaller stage 1."""
+    ss_psnr: float | None = param(None, gt=0, le=200)
+    """PSNR of the spread-spectrum service's mark (its strength). None: the PSNR the deep service's
+    mark measured on the same seed (its `invisibility` row), so that the two marks the suite compares
+    are equally visible, as the image chapter compares them."""
     # --- the registered attacks' strengths (default: each attack's registered grid) -----------
     finetune_epochs: tuple = param(_grid("finetune"), gt=0, le=MAX_EPOCHS)
     """Fine-tuning: epochs over the attacker's data."""
@@ -188,6 +197,12 @@ class Config(StudyConfig):
         require(ber_threshold(self.n_bits, self.ber_fpr) >= 0, "ber_fpr", self.ber_fpr,
                 f"reachable with n_bits = {self.n_bits} (even a perfect read is more likely by chance)")
         require(self.ss_bits <= self.size ** 2, "ss_bits", self.ss_bits, f"an integer in 1..size² ({self.size ** 2})")
+        for name in self.methods:  # a baseline matched to its paper method's cost needs that method
+            m = METHODS_REGISTRY[name]
+            if m.matched_cost and getattr(self, m.matched_cost[0]) is None:
+                require(m.baseline_of in self.methods, m.matched_cost[0], None,
+                        f"a value where the suite runs {name} without {m.baseline_of} (None: {m.baseline_of}'s measured "
+                        f"{m.matched_cost[1]})")
 
     # --- what the methods share: one budget per kind ------------------------------------------
 
@@ -197,7 +212,8 @@ class Config(StudyConfig):
             return dict(size=self.size, n_owner=self.n_owner, n_attacker=self.n_attacker_pairs,
                         n_test=self.n_test_pairs, m_epochs=self.m_epochs, stage1_epochs=self.stage1_epochs,
                         stage2=self.stage2, stage2_epochs=self.stage2_epochs, sr_threshold=self.sr_threshold,
-                        ber_fpr=self.ber_fpr, overwrite_psnr=self.overwrite_psnr, ss_bits=self.ss_bits)
+                        ber_fpr=self.ber_fpr, overwrite_psnr=self.overwrite_psnr, ss_bits=self.ss_bits,
+                        w_basic=self.w_basic, ss_psnr=self.ss_psnr)
         return dict(n_train=self.n_train, n_attacker=self.n_attacker, n_test=self.n_test, width=self.width,
                     epochs=self.epochs, batch_size=self.batch_size, n_bits=self.n_bits, ber_fpr=self.ber_fpr,
                     piracy_epochs=self.piracy_epochs, piracy_lr=self.piracy_lr)
@@ -340,6 +356,10 @@ def run_seed(cfg: Config, kinds: dict[str, Setup], seed: int, results) -> dict[s
             add("none", control_model(m), "none", None, {**measure(m, twin, tr.secret, setup), **secs(twin_seconds)})
             if fid := m.fidelity(tr, setup):
                 add(m.name, m.model, "none", None, fid, experiment="invisibility")
+                for b in group:  # its matched baselines (trained next: baselines follow) mark at the cost it measured
+                    if b.baseline_of == m.name and b.matched_cost and setup.budget.get(b.matched_cost[0], 0) is None:
+                        key, metric = b.matched_cost
+                        setup = dataclasses.replace(setup, budget={**setup.budget, key: fid[metric]})
             t = time.perf_counter()
             for r in nulls.key_population(m, tr, setup, cfg.n_keys, seed=KEYS + seed).itertuples():
                 record(results, m.name, m.model, nulls.NULL_KEYS, {"score": r.score, "verified": r.verified},

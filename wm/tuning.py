@@ -19,6 +19,14 @@ photos (validation for the owner's choice: w_basic) and the last of the thief's 
 the thief's choice: the surrogate width, chosen as a thief would, by how well the surrogate copies
 the service, never by whether it carries the logo). Every candidate trains on the other photos with
 the image chapter's recipe (wm.image_processing.Config at the same profile).
+
+The attack suite marks its image service on a smaller budget (its own stage 1: fewer pairs and
+epochs), where the chapter's weight leaves the mark visible. Its weight is chosen the same way, by
+the same rule, with M, H and R trained at the suite's budget on the owner's photos but the last
+(part `suite`, experiment `tune suite w_basic`).
+
+A run may do some parts only (`parts`: ne, image, suite), so that a sweep splits the long runs
+(`--grid seed=0,1,2 parts=ne,image,suite`); the chapter's view needs every part of every seed.
 """
 
 from __future__ import annotations
@@ -41,6 +49,10 @@ LR, FRACTION = "tune lr", "tune stamp_fraction"
 """The experiments of the table: null embedding's learning rate and stamp share."""
 WEIGHT, WIDTH = "tune w_basic", "tune sm_width"
 """... and the image study's invisibility weight (the owner's) and surrogate width (the thief's)."""
+SUITE_WEIGHT = "tune suite w_basic"
+"""... and the attack suite's image-service weight, at the suite's smaller budget."""
+PARTS = ("ne", "image", "suite")
+"""What a run may do: null embedding's candidates, the image chapter's, the suite's weight."""
 INVISIBLE_DB = 35.0
 """The invisibility bar of the image chapter's verdict 1 (PSNR of B′ against B)."""
 WORKS, SILENT = 0.9, 0.05
@@ -91,6 +103,11 @@ class Config(StudyConfig):
     """Candidate surrogate widths (the thief's choice), each with every architecture of ip_archs."""
     ip_archs: tuple = param(("resnet9", "resnet16"), choices=ip.SM_ARCHS)
     """Surrogate architectures the width is chosen on (the ones whose width was chosen on test)."""
+    suite_weights: tuple = param((1e4, 3e4, 1e5, 3e5), gt=0, le=1e9)
+    """Candidate w_basic of the attack suite's image service, trained at the suite's budget
+    (wm.suite.Config.budget("image-service") at this profile: its n_owner, m_epochs and stage1_epochs)."""
+    parts: tuple = param(PARTS, choices=PARTS)
+    """Which candidates this run trains (a sweep may split a seed's run by part)."""
     ip_n_val: int = param(300, ge=1, le=10**5)
     """Validation pairs drawn from each held-out photo (the owner's and the thief's)."""
     ip_budget: str = ""
@@ -100,8 +117,12 @@ class Config(StudyConfig):
     for a test); empty: the null-embedding chapter's own at this profile, which the tuned values
     are for."""
 
+    SPLIT = ("parts", ("ne", "image"))
+    """A sweep may split runs by `parts` (wm.results.load_merged); a run recorded before the
+    parameter existed did the parts named here (its notebook had no other)."""
+
     PROFILE_DEFAULTS = {"smoke": dict(seeds=2, n_val=300, ne_lrs=(0.1, 0.2), ip_weights=(1e5, 3e5), ip_widths=(4, 8),
-                                      ip_archs=("resnet9",), ip_n_val=24),
+                                      ip_archs=("resnet9",), ip_n_val=24, suite_weights=(1e5, 3e5)),
                         "cpu": dict(), "gpu": dict(ip_n_val=1000)}
 
     def ne(self) -> ne.Config:
@@ -111,6 +132,11 @@ class Config(StudyConfig):
     def ip(self) -> ip.Config:
         """The image chapter's Config at this profile: the recipe the image candidates vary."""
         return ip.Config.from_profile(self.profile, seed=self.seed, **parse_budget(self.ip_budget, "ip_budget"))
+
+    def validate(self) -> None:
+        if isinstance(self.parts, str):  # one part, as a sweep's grid gives it (--grid parts=ne,image)
+            self.parts = (self.parts,)
+        super().validate()
 
     def check(self) -> None:
         try:
@@ -126,8 +152,12 @@ class Config(StudyConfig):
 
 
 def run_seed(cfg: Config, s: int, results, device) -> dict[str, float]:
-    """Every candidate for seed S, recorded in RESULTS; returns seconds per part."""
-    return {**run_ne(cfg, s, results, device), **run_image(cfg, s, results, device)}
+    """Every candidate of cfg.parts for seed S, recorded in RESULTS; returns seconds per part."""
+    out = {}
+    for part, run in (("ne", run_ne), ("image", run_image), ("suite", run_suite_image)):
+        if part in cfg.parts:
+            out.update(run(cfg, s, results, device))
+    return out
 
 
 def run_ne(cfg: Config, s: int, results, device) -> dict[str, float]:
@@ -179,21 +209,9 @@ def run_image(cfg: Config, s: int, results, device) -> dict[str, float]:
     lap = Laps()
 
     m_net, _ = ip.train_target(c, own, seed=s)
-    b, b_val = (ip.deliver(ip.apply(m_net, p.a)) for p in (own, own_val))
-    service = None
-    for w in cfg.ip_weights:
-        cw = dataclasses.replace(c, w_basic=w)
-        wmk = ip.new_watermark(cw, device)
-        ip.train_stage1(cw, wmk, own.a, b, seed=s)
-        marked = wmk.embed(b_val)
-        case = f"w_basic={w:g} ({VALIDATION})"
-        record(results, "deep", "unet", WEIGHT, {**ip.image_quality(marked, b_val),
-                                                 "success_rate": ip.verify(wmk, marked, c.tau).success_rate},
-               seed=s, case=case)
-        record(results, "none", "clean_output", WEIGHT, {"success_rate": ip.verify(wmk, b_val, c.tau).success_rate},
-               seed=s, case=case)
-        if w == cfg.service_w_basic:
-            service = wmk
+    b = ip.deliver(ip.apply(m_net, own.a))
+    marks = weight_grid(c, cfg.ip_weights, m_net, own, own_val, WEIGHT, s, results, device)
+    service = marks.get(cfg.service_w_basic)
     lap("w_basic")
     if service is None:  # the service the thief copies, where it is not a candidate
         cs = dataclasses.replace(c, w_basic=cfg.service_w_basic)
@@ -212,32 +230,87 @@ def run_image(cfg: Config, s: int, results, device) -> dict[str, float]:
     return lap.seconds
 
 
+def weight_grid(c: ip.Config, weights, m_net, own: ip.Pairs, own_val: ip.Pairs, experiment: str, s: int, results,
+                device) -> dict[float, ip.DeepWatermark]:
+    """Stage 1 of recipe C at every weight on the owner's pairs OWN (M's outputs for them), scored on
+    the held-out OWN_VAL: B′ against B, and R's success on the marked and on the clean validation
+    outputs (rows of EXPERIMENT). Returns the trained marks by weight."""
+    b, b_val = (ip.deliver(ip.apply(m_net, p.a)) for p in (own, own_val))
+    marks = {}
+    for w in weights:
+        cw = dataclasses.replace(c, w_basic=w)
+        wmk = ip.new_watermark(cw, device)
+        ip.train_stage1(cw, wmk, own.a, b, seed=s)
+        marked = wmk.embed(b_val)
+        case = f"w_basic={w:g} ({VALIDATION})"
+        record(results, "deep", "unet", experiment, {**ip.image_quality(marked, b_val),
+                                                     "success_rate": ip.verify(wmk, marked, c.tau).success_rate},
+               seed=s, case=case)
+        record(results, "none", "clean_output", experiment,
+               {"success_rate": ip.verify(wmk, b_val, c.tau).success_rate}, seed=s, case=case)
+        marks[w] = wmk
+    return marks
+
+
+def suite_recipe(cfg: Config, s: int, device) -> ip.Config:
+    """The image recipe of the attack suite's services at this profile, for seed S: the image
+    chapter's networks and loss weights at the suite's budget (wm.methods._setups.image_config)."""
+    from wm import suite
+    from wm.methods import Setup
+    from wm.methods._setups import image_config
+    budget = dict(suite.Config.from_profile(cfg.profile).budget("image-service"), profile=cfg.profile)
+    return image_config(Setup(s, device, budget))
+
+
+def run_suite_image(cfg: Config, s: int, results, device) -> dict[str, float]:
+    """The suite's weight for seed S: M and stage 1 at the suite's budget, trained on the owner's
+    photos but the last (the suite's n_owner pairs from them) and scored on patches of that last one,
+    as `run_image` scores the chapter's weights."""
+    c = suite_recipe(cfg, s, device)
+    owner_photos, _ = ip.split_photos(data.photos("train"))
+    own = ip.make_pairs(owner_photos[:-1], c.n_owner, c.size, s, c.rain, device)
+    own_val = ip.make_pairs(owner_photos[-1:], cfg.ip_n_val, c.size, s + 3, c.rain, device)
+    lap = Laps()
+    m_net, _ = ip.train_target(c, own, seed=s)
+    weight_grid(c, cfg.suite_weights, m_net, own, own_val, SUITE_WEIGHT, s, results, device)
+    lap("suite w_basic")
+    return lap.seconds
+
+
 NAMES = {"test_acc": "val acc", "wm_acc_null": "acc_null", "wm_acc_true": "acc_true"}
 
 
 def tables(frame: pd.DataFrame) -> SimpleNamespace:
     """One row per (candidate, seed) of each tuned value, all measured on validation data: null
     embedding's clean and watermarked accuracy and verification (lr, stamp_fraction); the image
-    study's B′ quality and R's success on marked and clean outputs (w_basic); the surrogates'
-    copy of the service (sm_width, one row per architecture too)."""
+    study's B′ quality and R's success on marked and clean outputs (w_basic, and suite_w_basic at
+    the suite's budget); the surrogates' copy of the service (sm_width, one row per architecture
+    too). A table whose part did not run is None."""
     frame = frame.assign(seed=frame.seed.astype(int))
     out = {}
+    present = set(frame.experiment).__contains__  # a run of some parts has only their tables
     for name, experiment in (("lr", LR), ("stamp_fraction", FRACTION)):
+        if not present(experiment):
+            continue
         w = by_metric(frame, experiment, ("method", "seed", "case"), NAMES)
         w[name] = w.case.str.extract(rf"{name}=([0-9.e+-]+)")[0].astype(float)
         marked = w[w.method == METHOD].drop(columns=["method", "case"])
         clean = w[w.method == "none"][["seed", name, "val acc"]].rename(columns={"val acc": "clean val acc"})
         out[name] = marked.merge(clean, on=["seed", name]).sort_values([name, "seed"]).reset_index(drop=True)
-    w = by_metric(frame, WEIGHT, ("method", "seed", "case"))
-    w["w_basic"] = w.case.str.extract(r"w_basic=([0-9.e+-]+)")[0].astype(float)
-    marked = w[w.method == "deep"][["seed", "w_basic", "psnr", "ssim", "success_rate"]]
-    clean = w[w.method == "none"][["seed", "w_basic", "success_rate"]].rename(columns={"success_rate": "fires on clean"})
-    out["w_basic"] = marked.merge(clean, on=["seed", "w_basic"]).sort_values(["w_basic", "seed"]).reset_index(drop=True)
-    w = by_metric(frame, WIDTH, ("model", "seed", "case"))
-    w["sm_width"] = w.case.str.extract(r"sm_width=([0-9]+)")[0].astype(int)
-    out["sm_width"] = w[["model", "seed", "sm_width", "psnr", "ssim"]].sort_values(["sm_width", "model", "seed"]) \
-        .reset_index(drop=True)
-    return SimpleNamespace(**out)
+    for name, experiment in (("w_basic", WEIGHT), ("suite_w_basic", SUITE_WEIGHT)):
+        if not present(experiment):
+            continue
+        w = by_metric(frame, experiment, ("method", "seed", "case"))
+        w["w_basic"] = w.case.str.extract(r"w_basic=([0-9.e+-]+)")[0].astype(float)
+        marked = w[w.method == "deep"][["seed", "w_basic", "psnr", "ssim", "success_rate"]]
+        clean = w[w.method == "none"][["seed", "w_basic", "success_rate"]].rename(columns={"success_rate": "fires on clean"})
+        out[name] = marked.merge(clean, on=["seed", "w_basic"]).sort_values(["w_basic", "seed"]).reset_index(drop=True)
+    if present(WIDTH):
+        w = by_metric(frame, WIDTH, ("model", "seed", "case"))
+        w["sm_width"] = w.case.str.extract(r"sm_width=([0-9]+)")[0].astype(int)
+        out["sm_width"] = w[["model", "seed", "sm_width", "psnr", "ssim"]].sort_values(["sm_width", "model", "seed"]) \
+            .reset_index(drop=True)
+    return SimpleNamespace(**{name: out.get(name) for name in ("lr", "stamp_fraction", "w_basic", "sm_width", "suite_w_basic")})
 
 
 def summary(per_seed: pd.DataFrame, name: str) -> pd.DataFrame:

@@ -70,6 +70,10 @@ class Method:
     """Attacks of this kind (registered, or other methods' own) that do not apply: name → why."""
     baseline_of: ClassVar[str | None] = None
     """The paper method this one is a baseline or ablation of (None for the papers' methods)."""
+    matched_cost: ClassVar[tuple[str, str] | None] = None
+    """(budget key, fidelity metric): a baseline whose strength the budget key sets, and which,
+    where that key is None, marks at the cost its paper method measured on the same seed (that
+    method's `fidelity` metric), so that the two are compared at equal cost (wm.suite.run_seed)."""
     null_archs: ClassVar[tuple[str, ...]] = ()
     """Architectures of the independent unmarked models of the null population (wm.nulls), the
     twin's first; `train_twin` builds the one a Setup's budget names as `arch`."""

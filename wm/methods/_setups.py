@@ -21,7 +21,7 @@ from wm.methods import Method, Setup
 # own attacks' strengths. Their one home is the attack suite's Config (wm.suite); a Setup built
 # without them takes that Config's defaults.
 EXTRA = {"classifier": ("ber_fpr", "piracy_epochs", "piracy_lr"),
-         "image": ("sr_threshold", "ber_fpr", "stage2", "stage2_epochs", "overwrite_psnr", "ss_bits")}
+         "image": ("sr_threshold", "ber_fpr", "stage2", "stage2_epochs", "overwrite_psnr", "ss_bits", "w_basic", "ss_psnr")}
 
 
 def _suite_defaults(kind: str) -> dict:
@@ -79,7 +79,7 @@ def image_config(setup: Setup) -> ip.Config:
     return ip.Config.from_profile(b["profile"], seed=setup.seed, size=b["size"], n_owner=b["n_owner"],
                                   n_attacker=b["n_attacker"], n_test=b["n_test"], m_epochs=b["m_epochs"],
                                   stage1_epochs=b["stage1_epochs"], stage2_epochs=b["stage2_epochs"],
-                                  ss_bits=(b["ss_bits"],))
+                                  ss_bits=(b["ss_bits"],), w_basic=b["w_basic"])
 
 
 def train_service(setup: Setup) -> tuple[torch.nn.Module, ip.Config]:

@@ -16,7 +16,9 @@ from wm.methods._setups import ServiceMethod, image_config, outputs
 from wm.metrics import ber_threshold
 
 N_BITS, PSNR = 64, 40.0
-"""Payload and visibility of the mark: 64 bits at 40 dB (the suite's overwrite grid's weakest)."""
+"""Payload of the mark (64 bits), and its visibility where the budget's `ss_psnr` is None and no deep
+mark set it (a Setup used outside the suite): 40 dB, the suite's overwrite grid's weakest. The
+suite marks at the deep mark's measured PSNR (wm.suite.Config.ss_psnr)."""
 
 
 class MarkedService(nn.Module):
@@ -34,6 +36,7 @@ class SpreadSpectrumMethod(ServiceMethod):
     name = "spread_spectrum"
     label = "spread spectrum (Cox et al.)"
     baseline_of = "deep"
+    matched_cost = ("ss_psnr", "psnr")
     model = "unet_ss"
     rule = "bit accuracy over the outputs ≥ 1 − the binomial bound of ber_fpr for 64 bits"
     not_applicable = {"distill": "soft-label distillation needs class probabilities; the image service's "
@@ -45,7 +48,10 @@ class SpreadSpectrumMethod(ServiceMethod):
         return MarkedService(twin, ss).eval(), ss
 
     def owner_secret(self, setup: Setup):
-        return ip.SpreadSpectrum.create(N_BITS, image_config(setup).size, PSNR, setup.seed)
+        # the PSNR only scales the mark: decoding reads the signs of correlations, so a null population
+        # scored with this secret (wm.nulls) does not depend on it
+        psnr = setup.budget.get("ss_psnr")
+        return ip.SpreadSpectrum.create(N_BITS, image_config(setup).size, PSNR if psnr is None else psnr, setup.seed)
 
     def detect(self, suspect, secret, setup: Setup) -> dict[str, float]:
         acc = secret.bit_accuracy(outputs(suspect, setup))
