@@ -250,6 +250,8 @@ def test_unknown_method_or_attack_is_rejected(method, attack, match):
     (dict(sr_threshold=0.0), "sr_threshold"),
     (dict(finetune_epochs=()), "finetune_epochs"),
     (dict(seed=1.5), "seed"),
+    (dict(methods=("spread_spectrum",)), "ss_psnr"),  # None matches the deep mark, which would not run
+    (dict(w_basic=0), "w_basic"),
 ])
 def test_config_errors_name_the_field(overrides, field):
     with pytest.raises(ValueError, match=rf"^{field}="):
@@ -273,6 +275,7 @@ def test_the_studies_configs_accept_the_common_budget(profile):
     assert (w.width, w.n_train, w.epochs, w.n_bits) == (cfg.width, cfg.n_train, cfg.epochs, cfg.n_bits)
     assert (i.size, i.n_owner, i.n_attacker, i.stage1_epochs, i.seed) == (cfg.size, cfg.n_owner, cfg.n_attacker_pairs,
                                                                          cfg.stage1_epochs, cfg.seed + 2)
+    assert i.w_basic == cfg.w_basic  # the suite's own weight, not the image chapter's
     assert cfg.seeds == (1 if profile == "smoke" else 3)
     assert cfg.timings == (profile != "smoke")
 
@@ -372,3 +375,20 @@ def test_each_seed_of_a_run_draws_its_own_data_as_its_one_seed_run_does(monkeypa
     again = real(cfg.__class__.from_profile("smoke", methods=("watermas", "deep"), seed=1), "cpu")
     assert torch.equal(one["image-service"].data["test"].clean, again["image-service"].data["test"].clean)
     assert not torch.equal(one["image-service"].data["test"].clean, kinds["image-service"].data["test"].clean)
+
+
+@pytest.mark.slow
+def test_the_spread_spectrum_baseline_marks_as_visibly_as_the_deep_mark_of_its_seed():
+    """ss_psnr None: the baseline's PSNR is the one the deep mark measured on the same seed (far from
+    the 40 dB a fixed strength would give); a number fixes it instead."""
+    def psnrs(**kw):
+        cfg = suite.Config.from_profile("smoke", methods=("deep", "spread_spectrum"), attacks=("prune",),
+                                        prune_amounts=(0.5,), n_keys=2, **kw)
+        r = Results("attack_suite", "smoke")
+        suite.run_seed(cfg, suite.setups(cfg, "cpu"), 0, r)
+        t = r.frame()
+        fid = t[(t.experiment == "invisibility") & (t.metric == "psnr")].set_index("method").value
+        return fid["deep"], fid["spread_spectrum"]
+    deep, ss = psnrs()  # the smoke deep mark is nearly invisible: 8-bit rounding moves the baseline's by ~1 dB
+    assert abs(deep - 40.0) > 5.0 and ss == pytest.approx(deep, abs=1.5)
+    assert psnrs(ss_psnr=40.0)[1] == pytest.approx(40.0, abs=1.0)

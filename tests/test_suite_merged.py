@@ -58,3 +58,39 @@ def test_a_sweep_that_is_not_this_chapters_is_refused(tmp_path, case, match):
         path, cfg = _sweep(tmp_path, [0, 1, 2]), suite.Config.from_profile("cpu")
     with pytest.raises(ValueError, match=match):
         _show(cfg, path)
+
+
+def _tuning_sweep(folder, seeds, parts=None, fixed=None):
+    """A merged tuning sweep: one run per seed of PARTS (None: a run recorded before `parts` existed)."""
+    folder.mkdir()
+    keys = {}
+    for s in seeds:
+        key = f"k{s}"
+        keys[key] = {"seeds": "1", "seed": str(s), **({"parts": parts} if parts else {}), **(fixed or {})}
+        (folder / "runs" / key).mkdir(parents=True)
+        (folder / "runs" / key / "done.json").write_text(json.dumps({"wall_seconds": 60.0, "threads": 1, "device": "cpu:x"}))
+    pd.DataFrame([dict(study="tuning", method="deep", model="unet", experiment="e", attack="none", strength="", seed=s,
+                       metric="psnr", value=35.0, profile="smoke", case=str(parts)) for s in seeds]) \
+        .to_csv(folder / "tuning.csv", index=False)
+    (folder / "tuning.json").write_text(json.dumps({"study": "tuning", "profile": "smoke", "runs": len(seeds),
+                                                    "finished": len(seeds), "keys": keys}))
+    return str(folder / "tuning.csv")
+
+
+def test_a_chapter_split_by_part_takes_several_sweeps_that_cover_every_part_of_every_seed_once(tmp_path):
+    from wm import tuning
+    cfg = tuning.Config.from_profile("smoke", seeds=2)
+    old = _tuning_sweep(tmp_path / "old", [0, 1])  # before `parts`: ne and image
+    new = _tuning_sweep(tmp_path / "new", [0, 1], parts="suite")
+    results = Results("tuning", "smoke", cfg.as_dict())
+    runs = report.show_sweep(results, "tuning", cfg, f"{old}+{new}")
+    assert len(results.rows) == 4 and sorted(runs.parts) == ["ne,image", "ne,image", "suite", "suite"]
+    assert "parts=suite" in results.provenance["parameters"]["build"][-1]["parameters"]
+    for merged, match in ((old, "every part"),  # the suite part is missing
+                          (f"{old}+{new}+{_tuning_sweep(tmp_path / 'again', [1], parts='suite')}", "every part"),  # twice
+                          (f"{old}+{_tuning_sweep(tmp_path / 'other', [0, 1], parts='suite', fixed={'ip_n_val': '9'})}",
+                           "ip_n_val")):
+        with pytest.raises(ValueError, match=match):
+            report.show_sweep(Results("tuning", "smoke", cfg.as_dict()), "tuning", cfg, merged)
+    with pytest.raises(ValueError, match="not split"):
+        _show(suite.Config.from_profile("smoke", seeds=2), f"{old}+{new}")

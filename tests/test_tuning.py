@@ -85,6 +85,7 @@ def test_a_one_seed_run_repeats_its_seed_and_never_reads_the_test_split(seed_run
     assert sorted(t.stamp_fraction.stamp_fraction.unique()) == [0.25, 1.0] and len(t.stamp_fraction) == 4
     assert sorted(t.w_basic.w_basic.unique()) == [1e5, 3e5] and len(t.w_basic) == 4
     assert sorted(t.sm_width.sm_width.unique()) == [4, 8] and len(t.sm_width) == 4
+    assert sorted(t.suite_w_basic.w_basic.unique()) == [1e5, 3e5] and len(t.suite_w_basic) == 4  # at the suite's budget
     # the shared recipe (fraction_lr, share 0.25) is one model: its rows agree in both grids
     lr = tuning.Config.from_profile("smoke").fraction_lr
     assert lr in t.lr.lr.unique()

@@ -181,6 +181,32 @@ def _example_figures(wmk, r_stage1, test, B, BW, inv, extractions, tau) -> None:
 _NAMES = {"success_rate": "SR", "success_rate_amp": "SR amp", "nc": "NC", "nc_raw": "NC raw", "bit_acc": "bit acc"}
 
 
+def tau_fpr(curve: pd.DataFrame, n: int, tau: float) -> pd.DataFrame:
+    """The per-image false-positive rate of the success rule at TAU on every unmarked population of
+    the success-over-τ CURVE (`tables(...).curve`: images without the logo, N images a seed): how
+    many of them reach centred NC ≥ TAU, over all seeds, with the Clopper–Pearson 95 % upper bound,
+    and the pooled row."""
+    from wm.metrics import fpr_upper
+    c = curve[(curve.rule == "centred NC ≥ τ") & ~curve.images.str.contains("B′") & ((curve.tau - tau).abs() < 1e-9)]
+    if c.empty:
+        raise ValueError(f"tau={tau}: not on the curve's grid, or no unmarked images in it")
+    rows = []
+    for images, part in [*c.groupby("images", sort=False), ("pooled", c)]:
+        k, total = int(round((part["success rate"] * n).sum())), n * len(part)
+        rows.append({"images": images, "false positives": k, "images scored": total, "FPR": k / total,
+                     "FPR upper (95 %)": fpr_upper(k, total)})
+    return pd.DataFrame(rows).set_index("images")
+
+
+def tau_at_fpr(curve: pd.DataFrame, n: int, level: float) -> float | None:
+    """The smallest τ of the curve's grid whose pooled per-image FPR (`tau_fpr`) is at most LEVEL;
+    None where none is."""
+    for tau in sorted(curve.tau.unique()):
+        if tau_fpr(curve, n, tau).loc["pooled", "FPR"] <= level:
+            return float(tau)
+    return None
+
+
 def _wide(frame: pd.DataFrame, experiment: str) -> pd.DataFrame:
     """EXPERIMENT's rows, one per measurement and one column per metric (wm.report.by_metric)."""
     return by_metric(frame, experiment, ("method", "model", "attack", "strength", "case", "seed"), _NAMES)
