@@ -271,7 +271,6 @@ def load_merged(study: str, cfg, merged, drop: tuple[str, ...] = ()):
             raise ValueError(f"{path} is a sweep of {sweep.get('study')} at {sweep.get('profile')}, not {study} at {cfg.profile}")
         if sweep["finished"] != sweep["runs"]:
             raise ValueError(f"{path}: only {sweep['finished']} of its {sweep['runs']} runs finished")
-        keep = set()
         for key, args in sweep["keys"].items():
             values = {k: parse_value(v) for k, v in args.items()}
             if split:
@@ -283,7 +282,6 @@ def load_merged(study: str, cfg, merged, drop: tuple[str, ...] = ()):
                 raise ValueError(f"{path}: run {key} ran other parameters than this chapter's ({', '.join(diff)})")
             parts = tuple(getattr(run, split)) if split else (None,)
             pieces += [(s, p) for s in range(run.seed, run.seed + run.seeds) for p in parts]
-            keep.add(key)
             done = json.loads((path.parent / "runs" / key / "done.json").read_text())
             timings.append({"seed": run.seed, "total": done["wall_seconds"], "threads": done["threads"], "device": done["device"],
                             "folder": path.parent / "runs" / key, **({"parts": ",".join(parts)} if split else {})})
@@ -293,9 +291,8 @@ def load_merged(study: str, cfg, merged, drop: tuple[str, ...] = ()):
     seeds = range(cfg.seed, cfg.seed + cfg.seeds)
     wanted = [(s, p) for s in seeds for p in (tuple(getattr(cfg, split)) if split else (None,))]
     if sorted(pieces, key=str) != sorted(wanted, key=str):
-        got = sorted({s for s, _ in pieces})
         if not split:
-            raise ValueError(f"{merged}: its runs cover seeds {got}, not {cfg.seed}..{cfg.seed + cfg.seeds - 1}")
+            raise ValueError(f"{merged}: its runs cover seeds {sorted(s for s, _ in pieces)}, not {cfg.seed}..{cfg.seed + cfg.seeds - 1}")
         raise ValueError(f"{merged}: its runs cover (seed, part) {sorted(pieces, key=str)}, not every part of "
                          f"{', '.join(getattr(cfg, split))} for seeds {cfg.seed}..{cfg.seed + cfg.seeds - 1} once")
     for r in rows:
