@@ -26,7 +26,7 @@ the same rule, with M, H and R trained at the suite's budget on the owner's phot
 (part `suite`, experiment `tune suite w_basic`).
 
 A run may do some parts only (`parts`: ne, image, suite), so that a sweep splits the long runs
-(`--grid seed=0,1,2 parts=ne,image,suite`); the chapter's view needs every part of every seed.
+(`--grid seed=0,1,2 --grid parts=ne,image,suite`); the chapter's view needs every part of every seed.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class Config(StudyConfig):
         return ip.Config.from_profile(self.profile, seed=self.seed, **parse_budget(self.ip_budget, "ip_budget"))
 
     def validate(self) -> None:
-        if isinstance(self.parts, str):  # one part, as a sweep's grid gives it (--grid parts=ne,image)
+        if isinstance(self.parts, str):  # one part, as a sweep's grid gives it (--grid parts=ne,image,suite)
             self.parts = (self.parts,)
         super().validate()
 
