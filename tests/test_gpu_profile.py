@@ -46,7 +46,9 @@ TINY = {
                    ne_budget="n_train=256,n_test=64,n_verify=64,epochs=0.25,batch_size=64,width=8",
                    ip_weights=(3e5,), ip_widths=(8,), ip_n_val=16,
                    ip_budget="size=16,n_owner=32,n_attacker=32,n_test=16,batch_size=16,m_width=8,m_epochs=1,"
-                             "h_width=8,r_width=8,d_width=8,stage1_epochs=1,sm_epochs=1"),
+                             "h_width=8,r_width=8,d_width=8,stage1_epochs=1,sm_epochs=1",
+                   suite_weights=(3e4,), suite_budget="size=16,n_owner=32,n_attacker_pairs=32,n_test_pairs=16,m_epochs=1,"
+                                                     "stage1_epochs=1"),
     "comparison": {},
 }
 """Per notebook: sizes, epochs and grids small enough for a CPU. Never a model or a branch."""

@@ -111,6 +111,9 @@ class Config(StudyConfig):
     """Validation pairs drawn from each held-out photo (the owner's and the thief's)."""
     ip_budget: str = ""
     """Overrides of the image recipe, "name=value,..."; empty: the image chapter's own."""
+    suite_budget: str = ""
+    """Overrides of the attack suite's budget for part `suite`, "name=value,..." (wm.suite.Config
+    fields, e.g. "n_owner=32,stage1_epochs=1" for a test); empty: the suite's own at this profile."""
     ne_budget: str = ""
     """Overrides of the null-embedding recipe, "name=value,..." (e.g. "n_train=256,epochs=0.25"
     for a test); empty: the null-embedding chapter's own at this profile, which the tuned values
@@ -138,6 +141,11 @@ class Config(StudyConfig):
         super().validate()
 
     def check(self) -> None:
+        from wm import suite
+        try:
+            suite.Config.from_profile(self.profile, **parse_budget(self.suite_budget, "suite_budget"))
+        except ValueError as err:
+            raise ValueError(f"suite_budget={self.suite_budget!r}: {err}") from None
         try:
             self.ip()
         except ValueError as err:
@@ -257,7 +265,8 @@ def suite_recipe(cfg: Config, s: int, device) -> ip.Config:
     from wm import suite
     from wm.methods import Setup
     from wm.methods._setups import image_config
-    budget = dict(suite.Config.from_profile(cfg.profile).budget("image-service"), profile=cfg.profile)
+    scfg = suite.Config.from_profile(cfg.profile, **parse_budget(cfg.suite_budget, "suite_budget"))
+    budget = dict(scfg.budget("image-service"), profile=cfg.profile)
     return image_config(Setup(s, device, budget))
 
 
