@@ -135,15 +135,19 @@ class Config(StudyConfig):
         """The image chapter's Config at this profile: the recipe the image candidates vary."""
         return ip.Config.from_profile(self.profile, seed=self.seed, **parse_budget(self.ip_budget, "ip_budget"))
 
+    def suite(self):
+        """The attack suite's Config at this profile (wm.suite.Config): the budget part `suite` tunes for."""
+        from wm import suite
+        return suite.Config.from_profile(self.profile, **parse_budget(self.suite_budget, "suite_budget"))
+
     def validate(self) -> None:
         if isinstance(self.parts, str):  # one part, as a sweep's grid gives it (--grid parts=ne,image,suite)
             self.parts = (self.parts,)
         super().validate()
 
     def check(self) -> None:
-        from wm import suite
         try:
-            suite.Config.from_profile(self.profile, **parse_budget(self.suite_budget, "suite_budget"))
+            self.suite()
         except ValueError as err:
             raise ValueError(f"suite_budget={self.suite_budget!r}: {err}") from None
         try:
@@ -216,14 +220,13 @@ def run_image(cfg: Config, s: int, results, device) -> dict[str, float]:
     lap = Laps()
 
     m_net, _ = ip.train_target(c, own, seed=s)
-    b = ip.deliver(ip.apply(m_net, own.a))
     marks = weight_grid(c, cfg.ip_weights, m_net, own, own_val, WEIGHT, s, results, device)
     service = marks.get(cfg.service_w_basic)
     lap("w_basic")
     if service is None:  # the service the thief copies, where it is not a candidate
         cs = dataclasses.replace(c, w_basic=cfg.service_w_basic)
         service = ip.new_watermark(cs, device)
-        ip.train_stage1(cs, service, own.a, b, seed=s)
+        ip.train_stage1(cs, service, own.a, ip.deliver(ip.apply(m_net, own.a)), seed=s)
     delivered = service.embed(ip.deliver(ip.apply(m_net, att.a)))
     reference = service.embed(ip.deliver(ip.apply(m_net, att_val.a)))  # what the service returns the thief
     for i, arch in enumerate(cfg.ip_archs):
@@ -262,11 +265,9 @@ def weight_grid(c: ip.Config, weights, m_net, own: ip.Pairs, own_val: ip.Pairs, 
 def suite_recipe(cfg: Config, s: int, device) -> ip.Config:
     """The image recipe of the attack suite's services at this profile, for seed S: the image
     chapter's networks and loss weights at the suite's budget (wm.methods._setups.image_config)."""
-    from wm import suite
     from wm.methods import Setup
     from wm.methods._setups import image_config
-    scfg = suite.Config.from_profile(cfg.profile, **parse_budget(cfg.suite_budget, "suite_budget"))
-    budget = dict(scfg.budget("image-service"), profile=cfg.profile)
+    budget = dict(cfg.suite().budget("image-service"), profile=cfg.profile)
     return image_config(Setup(s, device, budget))
 
 
