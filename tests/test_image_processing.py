@@ -81,6 +81,24 @@ def test_networks_keep_shapes_and_start_as_identity():
         ip.build_surrogate("vit", 8)
 
 
+def test_the_resnet_surrogates_layout_and_norm_are_what_they_say():
+    b = torch.rand(2, 3, 16, 16)
+    for layout in ip.RESNET_LAYOUTS:
+        for norm in ip.RESNET_NORMS:
+            net = ip.build_surrogate("resnet9", 8, layout, norm)
+            assert torch.allclose(net(b), b)  # still the identity at the start
+            strided = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+            assert len(strided) == (2 if layout == "pix2pix" else 0)
+            norms = {type(m).__name__ for m in net.modules() if "Norm" in type(m).__name__}
+            assert norms == ({"BatchNorm2d"} if norm == "batch" else norms - {"BatchNorm2d"}) and norms
+    with pytest.raises(ValueError, match="layout"):
+        ip.build_surrogate("resnet9", 8, "pix2pixhd")
+    with pytest.raises(ValueError, match="norm"):
+        ip.build_surrogate("resnet16", 8, norm="layer")
+    with pytest.raises(ValueError, match="no layout or norm"):  # a U-Net would silently ignore them
+        ip.build_surrogate("unet", 8, norm="instance")
+
+
 def test_train_i2i_learns_a_mapping_and_checks_its_loss():
     torch.manual_seed(0)
     x = torch.rand(64, 3, 16, 16) * 0.8

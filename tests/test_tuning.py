@@ -51,6 +51,22 @@ def test_the_thiefs_width_rule_reads_only_how_well_the_surrogate_copies():
     assert tuning.choose_width(t.assign(psnr=t.psnr.where(t.sm_width == 16, 40.0))) == 8  # the narrow one copies better
 
 
+def test_the_thiefs_layout_rule_reads_only_how_well_the_surrogate_copies():
+    grid = {("pix2pix", "batch"): 30.0, ("pix2pix", "instance"): 29.0, ("full", "batch"): 25.0, ("full", "instance"): 26.0}
+    t = pd.DataFrame([{"layout": lay, "norm": n, "model": m, "seed": s, "psnr": p}
+                      for (lay, n), p in grid.items() for m in ("resnet9", "resnet16") for s in range(3)])
+    assert tuning.choose_layout(t) == ("pix2pix", "batch")
+    # the counter-example: where full resolution with InstanceNorm copies better, the rule picks it
+    better = (t.layout == "full") & (t.norm == "instance")
+    assert tuning.choose_layout(t.assign(psnr=t.psnr.where(~better, 31.0))) == ("full", "instance")
+
+
+def test_the_layout_part_takes_resnets_only():
+    with pytest.raises(ValueError, match="ip_archs"):
+        tuning.Config.from_profile("smoke", ip_archs=("unet",), parts=("layout",))
+    tuning.Config.from_profile("smoke", ip_archs=("unet",), parts=("image",))  # the width has no such limit
+
+
 def test_the_paired_gap_is_per_seed():
     t = _lr_table({0.05: [0.90, 0.80], 0.1: [0.91, 0.81]})
     gap, half = tuning.paired_gap(t, "lr", 0.1, 0.05)
@@ -86,6 +102,15 @@ def test_a_one_seed_run_repeats_its_seed_and_never_reads_the_test_split(seed_run
     assert sorted(t.w_basic.w_basic.unique()) == [1e5, 3e5] and len(t.w_basic) == 4
     assert sorted(t.sm_width.sm_width.unique()) == [4, 8] and len(t.sm_width) == 4
     assert sorted(t.suite_w_basic.w_basic.unique()) == [1e5, 3e5] and len(t.suite_w_basic) == 4  # at the suite's budget
+    assert len(t.sm_layout) == 2 * 2 * 2 and set(t.sm_layout.layout) == {"pix2pix", "full"}  # layouts × norms × seeds
+    assert set(t.sm_layout.norm) == {"batch", "instance"}
+    # the layout part trains the same service on the same pairs and seeds: its pix2pix/BatchNorm surrogate
+    # at the chapter's width is the width part's surrogate at that width
+    width = tuning.Config.from_profile("smoke").ip().sm_width
+    if width in set(t.sm_width.sm_width):
+        a = t.sm_layout[(t.sm_layout.layout == "pix2pix") & (t.sm_layout.norm == "batch")].set_index("seed").psnr
+        b = t.sm_width[t.sm_width.sm_width == width].set_index("seed").psnr
+        pd.testing.assert_series_equal(a, b, check_names=False)
     # the shared recipe (fraction_lr, share 0.25) is one model: its rows agree in both grids
     lr = tuning.Config.from_profile("smoke").fraction_lr
     assert lr in t.lr.lr.unique()

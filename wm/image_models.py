@@ -314,9 +314,16 @@ class Embedder(nn.Module):
 
 
 SM_ARCHS = ("unet", "resnet9", "resnet16", "ceilnet")
+RESNET_LAYOUTS = ("pix2pix", "full")
+"""The ResNet surrogates' layouts: pix2pix's (two stride-2 down-samplings, the blocks at 4 × width
+and a quarter of the side) or everything at full resolution."""
+RESNET_NORMS = ("batch", "instance")
+"""The ResNet surrogates' norms: BatchNorm (the studies') or InstanceNorm (the official code's)."""
+SM_LAYOUT, SM_NORM = "pix2pix", "batch"
+"""The layout and norm of every ResNet surrogate the studies train (the defaults of build_surrogate)."""
 
 
-def build_surrogate(arch: str, width: int) -> nn.Module:
+def build_surrogate(arch: str, width: int, layout: str = SM_LAYOUT, norm: str = SM_NORM) -> nn.Module:
     """A surrogate (or M) that learns a residual correction of its input, as the official
     SR-attack code does (learn_residual): U-Net (depth 2), ResNet-9/16 (pix2pix's
     resnet_9blocks/resnet_16blocks: two stride-2 down-samplings, the blocks at 4 × WIDTH and a
@@ -327,11 +334,22 @@ def build_surrogate(arch: str, width: int) -> nn.Module:
     What was measured before settling on this (seed 0, cpu profile, stage-1 R, success rate on
     the test patches): full-resolution ResNet-9s at width 8 (the first version) copied the
     service at 26.7 dB and carried no logo (0.00); at width 16 they trained badly (19.4 dB,
-    0.00); the pix2pix layout reached 0.10 at width 8 (ResNet-16: 0.61) and 0.98 at width 16."""
+    0.00); the pix2pix layout reached 0.10 at width 8 (ResNet-16: 0.61) and 0.98 at width 16.
+    Those probes scored the test patches; the held-out tuning chapter chooses LAYOUT and NORM of the
+    ResNets again (RESNET_LAYOUTS, RESNET_NORMS) as a thief would, by copy quality on validation
+    (wm.tuning). Only the ResNets have a LAYOUT and NORM to choose: another ARCH refuses any but the
+    defaults."""
+    _check_choice(layout, RESNET_LAYOUTS, "surrogate layout")
+    _check_choice(norm, RESNET_NORMS, "surrogate norm")
+    is_resnet = arch in ("resnet9", "resnet16")
+    if not is_resnet and (layout, norm) != (SM_LAYOUT, SM_NORM):
+        raise ValueError(f"surrogate {arch!r} has no layout or norm to choose (only resnet9 and resnet16): "
+                         f"got layout={layout!r}, norm={norm!r}")
     if arch == "unet":
         net = UNet(3, 3, width=width, depth=2, residual=True)
-    elif arch in ("resnet9", "resnet16"):
-        net = ResNetI2I(3, 3, width=width, n_blocks=int(arch[6:]), residual=True, n_down=2)
+    elif is_resnet:
+        net = ResNetI2I(3, 3, width=width, n_blocks=int(arch[6:]), residual=True, norm=norm,
+                        n_down=2 if layout == "pix2pix" else 0)
     elif arch == "ceilnet":
         return DilatedResNet(3, 3, width=width, blocks=5, residual=True)  # zero-initialised already
     else:

@@ -50,7 +50,7 @@ from wm.deraining import (MIN_GAIN, Extraction, verify, verify_extracted,  # noq
                           LOGO_PATH, WATERMARKS, Pairs, SpreadSpectrum, _subseed, add_noise, add_rain,  # noqa: F401
                           deliver, load_logo, make_logo, make_pairs, qr_pattern, split_photos, tv_denoise,
                           watermark_image)
-from wm.image_models import (SM_ARCHS, VGG_FILE, DilatedResNet, Embedder, InstanceNorm,  # noqa: F401 (re-exported)
+from wm.image_models import (RESNET_LAYOUTS, RESNET_NORMS, SM_ARCHS, SM_LAYOUT, SM_NORM, VGG_FILE, DilatedResNet, Embedder, InstanceNorm,  # noqa: F401 (re-exported)
                              PatchDiscriminator, Perceptual, build_surrogate, lsgan, vgg_path)
 from wm.config import MAX_BATCH, MAX_EPOCHS, MAX_PAIRS, MAX_SEED, MAX_SEEDS, MAX_WIDTH, StudyConfig, param, require
 from wm.train import History, Precision, channels_last, index_batches, n_steps, seed_everything
@@ -290,10 +290,12 @@ change nothing."""
 
 
 def train_surrogate(cfg: Config, arch: str, loss: str, a: torch.Tensor, target: torch.Tensor, seed: int,
-                    perceptual: Perceptual | None = None) -> tuple[nn.Module, History]:
-    """The thief: a fresh surrogate ARCH trained on (A, TARGET) with LOSS at the Config's budget."""
+                    perceptual: Perceptual | None = None, layout: str = SM_LAYOUT,
+                    norm: str = SM_NORM) -> tuple[nn.Module, History]:
+    """The thief: a fresh surrogate ARCH trained on (A, TARGET) with LOSS at the Config's budget
+    (a ResNet in LAYOUT with NORM: see build_surrogate)."""
     seed_everything(seed)
-    net = build_surrogate(arch, cfg.sm_width).to(a.device)
+    net = build_surrogate(arch, cfg.sm_width, layout, norm).to(a.device)
     hist = train_i2i(net, a, target, loss, cfg.sm_epochs, cfg.sm_lr, cfg.batch_size, seed,
                      adv_weight=cfg.sm_adv_weight, d_width=cfg.d_width, perceptual=perceptual)
     return net, hist

@@ -18,15 +18,18 @@ patches of seed 0. Here each seed holds out, by photo as the test split is, the 
 photos (validation for the owner's choice: w_basic) and the last of the thief's (validation for
 the thief's choice: the surrogate width, chosen as a thief would, by how well the surrogate copies
 the service, never by whether it carries the logo). Every candidate trains on the other photos with
-the image chapter's recipe (wm.image_processing.Config at the same profile).
+the image chapter's recipe (wm.image_processing.Config at the same profile). The ResNet surrogates'
+layout (pix2pix's or full resolution) and norm (BatchNorm or InstanceNorm), also first chosen on
+test patches, are chosen again by the same thief's rule at the chapter's width (part `layout`).
 
 The attack suite marks its image service on a smaller budget (its own stage 1: fewer pairs and
 epochs), where the chapter's weight leaves the mark visible. Its weight is chosen the same way, by
 the same rule, with M, H and R trained at the suite's budget on the owner's photos but the last
 (part `suite`, experiment `tune suite w_basic`).
 
-A run may do some parts only (`parts`: ne, image, suite), so that a sweep splits the long runs
-(`--grid seed=0,1,2 --grid parts=ne,image,suite`); the chapter's view needs every part of every seed.
+A run may do some parts only (`parts`: ne, image, suite, layout), so that a sweep splits the long
+runs (`--grid seed=0,1,2 --grid parts=ne,image,suite,layout`); the chapter's view needs every part
+of every seed.
 """
 
 from __future__ import annotations
@@ -51,8 +54,11 @@ WEIGHT, WIDTH = "tune w_basic", "tune sm_width"
 """... and the image study's invisibility weight (the owner's) and surrogate width (the thief's)."""
 SUITE_WEIGHT = "tune suite w_basic"
 """... and the attack suite's image-service weight, at the suite's smaller budget."""
-PARTS = ("ne", "image", "suite")
-"""What a run may do: null embedding's candidates, the image chapter's, the suite's weight."""
+LAYOUT = "tune sm_layout"
+"""... and the ResNet surrogates' layout and norm (the thief's choice, like the width)."""
+PARTS = ("ne", "image", "suite", "layout")
+"""What a run may do: null embedding's candidates, the image chapter's, the suite's weight, the
+surrogates' layout and norm."""
 INVISIBLE_DB = 35.0
 """The invisibility bar of the image chapter's verdict 1 (PSNR of B′ against B)."""
 WORKS, SILENT = 0.9, 0.05
@@ -101,12 +107,20 @@ class Config(StudyConfig):
     ip_widths: tuple = param((8, 16), of=int, ge=1, le=256)
     """Candidate surrogate widths (the thief's choice), each with every architecture of ip_archs."""
     ip_archs: tuple = param(("resnet9", "resnet16"), choices=ip.SM_ARCHS)
-    """Surrogate architectures the width is chosen on (the ones whose width was chosen on test)."""
+    """Surrogate architectures the width, layout and norm are chosen on (the ones whose width, layout
+    and norm were chosen on test)."""
+    ip_layouts: tuple = param(ip.RESNET_LAYOUTS, choices=ip.RESNET_LAYOUTS)
+    """Candidate ResNet layouts (part `layout`): pix2pix's (two stride-2 down-samplings) or full
+    resolution, each with every norm of ip_norms, at the image chapter's sm_width."""
+    ip_norms: tuple = param(ip.RESNET_NORMS, choices=ip.RESNET_NORMS)
+    """Candidate ResNet norms (part `layout`): BatchNorm (the chapter's) or InstanceNorm (the
+    official code's)."""
     suite_weights: tuple = param((1e4, 3e4, 1e5, 3e5), gt=0, le=1e9)
     """Candidate w_basic of the attack suite's image service, trained at the suite's budget
     (wm.suite.Config.budget("image-service") at this profile: its n_owner, m_epochs and stage1_epochs)."""
     parts: tuple = param(PARTS, choices=PARTS)
-    """Which candidates this run trains (a sweep may split a seed's run by part)."""
+    """Which candidates this run trains (a sweep may split a seed's run by part); `layout` needs
+    ip_archs to be ResNets, the only surrogates with a layout and a norm."""
     ip_n_val: int = param(300, ge=1, le=10**5)
     """Validation pairs drawn from each held-out photo (the owner's and the thief's)."""
     ip_budget: str = ""
@@ -146,6 +160,9 @@ class Config(StudyConfig):
         super().validate()
 
     def check(self) -> None:
+        if "layout" in self.parts:
+            require(all(a.startswith("resnet") for a in self.ip_archs), "ip_archs", self.ip_archs,
+                    "ResNets only where part `layout` runs (no other surrogate has a layout or a norm)")
         try:
             self.suite()
         except ValueError as err:
@@ -165,7 +182,7 @@ class Config(StudyConfig):
 def run_seed(cfg: Config, s: int, results, device) -> dict[str, float]:
     """Every candidate of cfg.parts for seed S, recorded in RESULTS; returns seconds per part."""
     out = {}
-    for part, run in (("ne", run_ne), ("image", run_image), ("suite", run_suite_image)):
+    for part, run in (("ne", run_ne), ("image", run_image), ("suite", run_suite_image), ("layout", run_layout)):
         if part in cfg.parts:
             out.update(run(cfg, s, results, device))
     return out
@@ -212,32 +229,73 @@ def run_image(cfg: Config, s: int, results, device) -> dict[str, float]:
     cfg.service_w_basic, the thief's surrogates at every width on the thief's photos but the last,
     scored by how well they copy the service on patches of that last one."""
     c = dataclasses.replace(cfg.ip(), seed=s)
-    owner_photos, attacker_photos = ip.split_photos(data.photos("train"))
-    own = ip.make_pairs(owner_photos[:-1], c.n_owner, c.size, s, c.rain, device)
-    own_val = ip.make_pairs(owner_photos[-1:], cfg.ip_n_val, c.size, s + 3, c.rain, device)
-    att = ip.make_pairs(attacker_photos[:-1], c.n_attacker, c.size, s + 1, c.rain, device)
-    att_val = ip.make_pairs(attacker_photos[-1:], cfg.ip_n_val, c.size, s + 4, c.rain, device)
+    own, own_val = owner_pairs(c, cfg, s, device)
     lap = Laps()
 
     m_net, _ = ip.train_target(c, own, seed=s)
     marks = weight_grid(c, cfg.ip_weights, m_net, own, own_val, WEIGHT, s, results, device)
-    service = marks.get(cfg.service_w_basic)
     lap("w_basic")
-    if service is None:  # the service the thief copies, where it is not a candidate
-        cs = dataclasses.replace(c, w_basic=cfg.service_w_basic)
-        service = ip.new_watermark(cs, device)
-        ip.train_stage1(cs, service, own.a, ip.deliver(ip.apply(m_net, own.a)), seed=s)
+    candidates = [(f"sm_width={width:g}", dict(width=width)) for width in cfg.ip_widths]
+    thief_copies(c, cfg, s, m_net, service_of(c, cfg, s, m_net, own, marks, device), WIDTH, candidates, results, device)
+    lap("surrogate width")
+    return lap.seconds
+
+
+def run_layout(cfg: Config, s: int, results, device) -> dict[str, float]:
+    """The ResNet surrogates' layout and norm for seed S: M and the service at cfg.service_w_basic,
+    trained as in `run_image` (the same pairs and seeds), then the thief's surrogates in every layout
+    with every norm at the image chapter's width, scored as `run_image` scores the widths."""
+    c = dataclasses.replace(cfg.ip(), seed=s)
+    own, _ = owner_pairs(c, cfg, s, device)
+    lap = Laps()
+    m_net, _ = ip.train_target(c, own, seed=s)
+    service = service_of(c, cfg, s, m_net, own, {}, device)
+    lap("service")
+    candidates = [(f"layout={layout}, norm={norm}", dict(width=c.sm_width, layout=layout, norm=norm))
+                  for layout in cfg.ip_layouts for norm in cfg.ip_norms]
+    thief_copies(c, cfg, s, m_net, service, LAYOUT, candidates, results, device)
+    lap("surrogate layout")
+    return lap.seconds
+
+
+def owner_pairs(c: ip.Config, cfg: Config, s: int, device) -> tuple[ip.Pairs, ip.Pairs]:
+    """Seed S's owner's pairs from the owner's photos but the last, and cfg.ip_n_val validation
+    pairs from that last photo."""
+    owner_photos, _ = ip.split_photos(data.photos("train"))
+    return (ip.make_pairs(owner_photos[:-1], c.n_owner, c.size, s, c.rain, device),
+            ip.make_pairs(owner_photos[-1:], cfg.ip_n_val, c.size, s + 3, c.rain, device))
+
+
+def service_of(c: ip.Config, cfg: Config, s: int, m_net, own: ip.Pairs, marks: dict, device) -> ip.DeepWatermark:
+    """The service the thief copies: the mark at cfg.service_w_basic, taken from MARKS where it is
+    a weight candidate, else trained here on the owner's pairs OWN as `weight_grid` trains one."""
+    if cfg.service_w_basic in marks:
+        return marks[cfg.service_w_basic]
+    cs = dataclasses.replace(c, w_basic=cfg.service_w_basic)
+    service = ip.new_watermark(cs, device)
+    ip.train_stage1(cs, service, own.a, ip.deliver(ip.apply(m_net, own.a)), seed=s)
+    return service
+
+
+def thief_copies(c: ip.Config, cfg: Config, s: int, m_net, service: ip.DeepWatermark, experiment: str,
+                 candidates: list[tuple[str, dict]], results, device) -> None:
+    """The thief's surrogates of every architecture of cfg.ip_archs for every (case, settings) of
+    CANDIDATES (settings: width, and a ResNet's layout and norm), trained with L2 on what SERVICE
+    returns for the thief's photos but the last and scored by how well they copy it on patches of
+    that last one (rows of EXPERIMENT). The logo plays no part."""
+    _, attacker_photos = ip.split_photos(data.photos("train"))
+    att = ip.make_pairs(attacker_photos[:-1], c.n_attacker, c.size, s + 1, c.rain, device)
+    att_val = ip.make_pairs(attacker_photos[-1:], cfg.ip_n_val, c.size, s + 4, c.rain, device)
     delivered = service.embed(ip.deliver(ip.apply(m_net, att.a)))
     reference = service.embed(ip.deliver(ip.apply(m_net, att_val.a)))  # what the service returns the thief
     for i, arch in enumerate(cfg.ip_archs):
-        for width in cfg.ip_widths:
-            net, _ = ip.train_surrogate(dataclasses.replace(c, sm_width=width), arch, "l2", att.a, delivered,
-                                        seed=s + 100 + i)
+        for case, settings in candidates:
+            build = {k: v for k, v in settings.items() if k != "width"}
+            net, _ = ip.train_surrogate(dataclasses.replace(c, sm_width=settings["width"]), arch, "l2", att.a,
+                                        delivered, seed=s + 100 + i, **build)
             copy = ip.deliver(ip.apply(net, att_val.a))
-            record(results, "none", arch, WIDTH, ip.image_quality(copy, reference), seed=s,
-                   case=f"sm_width={width:g} ({VALIDATION})")
-    lap("surrogate width")
-    return lap.seconds
+            record(results, "none", arch, experiment, ip.image_quality(copy, reference), seed=s,
+                   case=f"{case} ({VALIDATION})")
 
 
 def weight_grid(c: ip.Config, weights, m_net, own: ip.Pairs, own_val: ip.Pairs, experiment: str, s: int, results,
@@ -293,8 +351,8 @@ def tables(frame: pd.DataFrame) -> SimpleNamespace:
     """One row per (candidate, seed) of each tuned value, all measured on validation data: null
     embedding's clean and watermarked accuracy and verification (lr, stamp_fraction); the image
     study's B′ quality and R's success on marked and clean outputs (w_basic, and suite_w_basic at
-    the suite's budget); the surrogates' copy of the service (sm_width, one row per architecture
-    too). A table whose part did not run is None."""
+    the suite's budget); the surrogates' copy of the service (sm_width, and sm_layout with columns
+    layout and norm; one row per architecture too). A table whose part did not run is None."""
     frame = frame.assign(seed=frame.seed.astype(int))
     out = {}
     present = set(frame.experiment).__contains__  # a run of some parts has only their tables
@@ -319,7 +377,13 @@ def tables(frame: pd.DataFrame) -> SimpleNamespace:
         w["sm_width"] = w.case.str.extract(r"sm_width=([0-9]+)")[0].astype(int)
         out["sm_width"] = w[["model", "seed", "sm_width", "psnr", "ssim"]].sort_values(["sm_width", "model", "seed"]) \
             .reset_index(drop=True)
-    return SimpleNamespace(**{name: out.get(name) for name in ("lr", "stamp_fraction", "w_basic", "sm_width", "suite_w_basic")})
+    if present(LAYOUT):
+        w = by_metric(frame, LAYOUT, ("model", "seed", "case"))
+        w[["layout", "norm"]] = w.case.str.extract(r"layout=(\w+), norm=(\w+)")
+        out["sm_layout"] = w[["model", "seed", "layout", "norm", "psnr", "ssim"]] \
+            .sort_values(["layout", "norm", "model", "seed"]).reset_index(drop=True)
+    return SimpleNamespace(**{name: out.get(name) for name in
+                              ("lr", "stamp_fraction", "w_basic", "sm_width", "suite_w_basic", "sm_layout")})
 
 
 def summary(per_seed: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -370,6 +434,12 @@ def choose_width(per_seed: pd.DataFrame) -> int:
     the thief's validation photo (mean PSNR against the service's outputs, over architectures and
     seeds); the logo plays no part in it."""
     return int(per_seed.groupby("sm_width").psnr.mean().idxmax())
+
+
+def choose_layout(per_seed: pd.DataFrame) -> tuple[str, str]:
+    """The thief's rule for the ResNets' layout and norm, as for the width: the (layout, norm)
+    whose surrogates copy the service best (mean validation PSNR over architectures and seeds)."""
+    return tuple(per_seed.groupby(["layout", "norm"]).psnr.mean().idxmax())
 
 
 def paired_gap(per_seed: pd.DataFrame, name: str, a: float, b: float, col: str = "val acc") -> tuple[float, float]:
