@@ -61,6 +61,15 @@ def test_the_thiefs_layout_rule_reads_only_how_well_the_surrogate_copies():
     assert tuning.choose_layout(t.assign(psnr=t.psnr.where(~better, 31.0))) == ("full", "instance")
 
 
+def test_the_thiefs_budget_rule_stops_where_more_pairs_no_longer_improve_the_copy():
+    t = pd.DataFrame([{"n_attacker_pairs": n, "seed": s, "psnr": p, "success_rate": sr}
+                      for n, p, sr in ((600, 27.0, 0.0), (1500, 28.4, 1.0), (3000, 28.5, 1.0)) for s in range(3)])
+    assert tuning.choose_budget(t) == 1500  # 3000 gains 0.1 dB: not worth twice the queries
+    assert tuning.choose_budget(t, db=0.05) == 3000
+    # the counter-example: where the copy stops improving at 600, the thief stops there, whatever R finds
+    assert tuning.choose_budget(t.assign(psnr=28.5)) == 600
+
+
 def test_the_layout_part_takes_resnets_only():
     with pytest.raises(ValueError, match="ip_archs"):
         tuning.Config.from_profile("smoke", ip_archs=("unet",), parts=("layout",))
@@ -102,6 +111,8 @@ def test_a_one_seed_run_repeats_its_seed_and_never_reads_the_test_split(seed_run
     assert sorted(t.w_basic.w_basic.unique()) == [1e5, 3e5] and len(t.w_basic) == 4
     assert sorted(t.sm_width.sm_width.unique()) == [4, 8] and len(t.sm_width) == 4
     assert sorted(t.suite_w_basic.w_basic.unique()) == [1e5, 3e5] and len(t.suite_w_basic) == 4  # at the suite's budget
+    assert sorted(t.n_attacker_pairs.n_attacker_pairs.unique()) == [32, 64] and len(t.n_attacker_pairs) == 4
+    assert t.n_attacker_pairs.success_rate.between(0, 1).all()
     assert len(t.sm_layout) == 2 * 2 * 2 and set(t.sm_layout.layout) == {"pix2pix", "full"}  # layouts × norms × seeds
     assert set(t.sm_layout.norm) == {"batch", "instance"}
     # the layout part trains the same service on the same pairs and seeds: its pix2pix/BatchNorm surrogate

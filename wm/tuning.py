@@ -25,11 +25,14 @@ test patches, are chosen again by the same thief's rule at the chapter's width (
 The attack suite marks its image service on a smaller budget (its own stage 1: fewer pairs and
 epochs), where the chapter's weight leaves the mark visible. Its weight is chosen the same way, by
 the same rule, with M, H and R trained at the suite's budget on the owner's photos but the last
-(part `suite`, experiment `tune suite w_basic`).
+(part `suite`, experiment `tune suite w_basic`). Its thief's data budget (n_attacker_pairs), first
+raised from 600 to 1500 pairs after probes on the suite's test pairs, is chosen again as a thief
+would (part `thief`): the suite's surrogate attack at every candidate budget, on the thief's photos
+but the last, scored by how well it copies the service on that last one.
 
-A run may do some parts only (`parts`: ne, image, suite, layout), so that a sweep splits the long
-runs (`--grid seed=0,1,2 --grid parts=ne,image,suite,layout`); the chapter's view needs every part
-of every seed.
+A run may do some parts only (`parts`: ne, image, suite, layout, thief), so that a sweep splits the
+long runs (`--grid seed=0,1,2 --grid parts=ne,image,suite,layout,thief`); the chapter's view needs
+every part of every seed.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import pandas as pd
 from wm import data
 from wm import image_processing as ip
 from wm import null_embedding as ne
-from wm.config import FASHION_TRAIN, MAX_SEED, MAX_SEEDS, StudyConfig, param, parse_budget, require
+from wm.config import FASHION_TRAIN, MAX_PAIRS, MAX_SEED, MAX_SEEDS, StudyConfig, param, parse_budget, require
 from wm.progress import Laps
 from wm.report import by_metric, interval, record
 from wm.train import evaluate
@@ -56,9 +59,14 @@ SUITE_WEIGHT = "tune suite w_basic"
 """... and the attack suite's image-service weight, at the suite's smaller budget."""
 LAYOUT = "tune sm_layout"
 """... and the ResNet surrogates' layout and norm (the thief's choice, like the width)."""
-PARTS = ("ne", "image", "suite", "layout")
+THIEF = "tune suite n_attacker_pairs"
+"""... and the attack suite's thief's data budget (the thief's choice)."""
+PARTS = ("ne", "image", "suite", "layout", "thief")
 """What a run may do: null embedding's candidates, the image chapter's, the suite's weight, the
-surrogates' layout and norm."""
+surrogates' layout and norm, the suite thief's budget."""
+THIEF_DB = 0.25
+"""The thief's budget rule's tolerance: more pairs (paid queries of the service) are worth it only
+where they improve the copy's mean validation PSNR by more than this many dB."""
 INVISIBLE_DB = 35.0
 """The invisibility bar of the image chapter's verdict 1 (PSNR of B′ against B)."""
 WORKS, SILENT = 0.9, 0.05
@@ -118,6 +126,9 @@ class Config(StudyConfig):
     suite_weights: tuple = param((1e4, 3e4, 1e5, 3e5), gt=0, le=1e9)
     """Candidate w_basic of the attack suite's image service, trained at the suite's budget
     (wm.suite.Config.budget("image-service") at this profile: its n_owner, m_epochs and stage1_epochs)."""
+    thief_pairs: tuple = param((600, 1000, 1500, 2000, 3000), of=int, ge=16, le=MAX_PAIRS)
+    """Candidate data budgets of the attack suite's thief (part `thief`): pairs it queries the
+    service for, nested (each a prefix of the largest draw); 3000 is the image chapter's thief."""
     parts: tuple = param(PARTS, choices=PARTS)
     """Which candidates this run trains (a sweep may split a seed's run by part); `layout` needs
     ip_archs to be ResNets, the only surrogates with a layout and a norm."""
@@ -138,7 +149,8 @@ class Config(StudyConfig):
     parameter existed did the parts named here (its notebook had no other)."""
 
     PROFILE_DEFAULTS = {"smoke": dict(seeds=2, n_val=300, ne_lrs=(0.1, 0.2), ip_weights=(1e5, 3e5), ip_widths=(4, 8),
-                                      ip_archs=("resnet9",), ip_n_val=24, suite_weights=(1e5, 3e5)),
+                                      ip_archs=("resnet9",), ip_n_val=24, suite_weights=(1e5, 3e5),
+                                      thief_pairs=(32, 64)),
                         "cpu": dict(), "gpu": dict(ip_n_val=1000)}
 
     def ne(self) -> ne.Config:
@@ -182,7 +194,8 @@ class Config(StudyConfig):
 def run_seed(cfg: Config, s: int, results, device) -> dict[str, float]:
     """Every candidate of cfg.parts for seed S, recorded in RESULTS; returns seconds per part."""
     out = {}
-    for part, run in (("ne", run_ne), ("image", run_image), ("suite", run_suite_image), ("layout", run_layout)):
+    for part, run in (("ne", run_ne), ("image", run_image), ("suite", run_suite_image), ("layout", run_layout),
+                      ("thief", run_thief)):
         if part in cfg.parts:
             out.update(run(cfg, s, results, device))
     return out
@@ -344,6 +357,37 @@ def run_suite_image(cfg: Config, s: int, results, device) -> dict[str, float]:
     return lap.seconds
 
 
+def run_thief(cfg: Config, s: int, results, device) -> dict[str, float]:
+    """The suite thief's budget for seed S: M and the suite's deep service (its w_basic) at the
+    suite's budget on the owner's photos but the last, then the suite's own surrogate attack
+    (wm.attacks, at the suite's surrogate epochs) on the first n of the thief's pairs from its
+    photos but the last, for every n of cfg.thief_pairs; scored by how well each copy matches the
+    service on the thief's last photo, and (reported, not used by the rule) R's success on it."""
+    from wm import attacks
+    c = suite_recipe(cfg, s, device)
+    epochs = max(cfg.suite().surrogate_epochs)  # the suite's strongest surrogate
+    owner_photos, attacker_photos = ip.split_photos(data.photos("train"))
+    own = ip.make_pairs(owner_photos[:-1], c.n_owner, c.size, s, c.rain, device)
+    att = ip.make_pairs(attacker_photos[:-1], max(cfg.thief_pairs), c.size, s + 1, c.rain, device)
+    att_val = ip.make_pairs(attacker_photos[-1:], cfg.ip_n_val, c.size, s + 4, c.rain, device)
+    lap = Laps()
+    m_net, _ = ip.train_target(c, own, seed=s)
+    wmk = ip.new_watermark(c, device)
+    ip.train_stage1(c, wmk, own.a, ip.deliver(ip.apply(m_net, own.a)), seed=s)
+    service = ip.Service(m_net, wmk.h, wmk.delta).eval()
+    reference = ip.deliver(ip.apply(service, att_val.a))  # what the service returns the thief
+    lap("service")
+    for n in cfg.thief_pairs:
+        thief = SimpleNamespace(seed=s, data={"att": ip.Pairs(a=att.a[:n], clean=att.clean[:n])})
+        net = attacks.REGISTRY["surrogate"].run(service, epochs, thief, "image-service")
+        copy = ip.deliver(ip.apply(net, att_val.a))
+        record(results, "none", "unet", THIEF, {**ip.image_quality(copy, reference),
+                                                "success_rate": ip.verify(wmk, copy, c.tau).success_rate},
+               seed=s, case=f"n_attacker_pairs={n} ({VALIDATION})")
+    lap("thief budget")
+    return lap.seconds
+
+
 NAMES = {"test_acc": "val acc", "wm_acc_null": "acc_null", "wm_acc_true": "acc_true"}
 
 
@@ -352,7 +396,8 @@ def tables(frame: pd.DataFrame) -> SimpleNamespace:
     embedding's clean and watermarked accuracy and verification (lr, stamp_fraction); the image
     study's B′ quality and R's success on marked and clean outputs (w_basic, and suite_w_basic at
     the suite's budget); the surrogates' copy of the service (sm_width, and sm_layout with columns
-    layout and norm; one row per architecture too). A table whose part did not run is None."""
+    layout and norm; one row per architecture too); the suite thief's copy and R's success on it
+    per budget (n_attacker_pairs). A table whose part did not run is None."""
     frame = frame.assign(seed=frame.seed.astype(int))
     out = {}
     present = set(frame.experiment).__contains__  # a run of some parts has only their tables
@@ -382,8 +427,13 @@ def tables(frame: pd.DataFrame) -> SimpleNamespace:
         w[["layout", "norm"]] = w.case.str.extract(r"layout=(\w+), norm=(\w+)")
         out["sm_layout"] = w[["model", "seed", "layout", "norm", "psnr", "ssim"]] \
             .sort_values(["layout", "norm", "model", "seed"]).reset_index(drop=True)
-    return SimpleNamespace(**{name: out.get(name) for name in
-                              ("lr", "stamp_fraction", "w_basic", "sm_width", "suite_w_basic", "sm_layout")})
+    if present(THIEF):
+        w = by_metric(frame, THIEF, ("model", "seed", "case"))
+        w["n_attacker_pairs"] = w.case.str.extract(r"n_attacker_pairs=([0-9]+)")[0].astype(int)
+        out["n_attacker_pairs"] = w[["seed", "n_attacker_pairs", "psnr", "ssim", "success_rate"]] \
+            .sort_values(["n_attacker_pairs", "seed"]).reset_index(drop=True)
+    return SimpleNamespace(**{name: out.get(name) for name in ("lr", "stamp_fraction", "w_basic", "sm_width",
+                                                                "suite_w_basic", "sm_layout", "n_attacker_pairs")})
 
 
 def summary(per_seed: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -440,6 +490,13 @@ def choose_layout(per_seed: pd.DataFrame) -> tuple[str, str]:
     """The thief's rule for the ResNets' layout and norm, as for the width: the (layout, norm)
     whose surrogates copy the service best (mean validation PSNR over architectures and seeds)."""
     return tuple(per_seed.groupby(["layout", "norm"]).psnr.mean().idxmax())
+
+
+def choose_budget(per_seed: pd.DataFrame, db: float = THIEF_DB) -> int:
+    """The thief's rule for its data budget: the fewest pairs (each one a paid query of the service)
+    whose copy's mean validation PSNR is within DB of the best budget's; R's success plays no part."""
+    means = per_seed.groupby("n_attacker_pairs").psnr.mean()
+    return int(means[means >= means.max() - db].index.min())
 
 
 def paired_gap(per_seed: pd.DataFrame, name: str, a: float, b: float, col: str = "val acc") -> tuple[float, float]:
