@@ -337,8 +337,10 @@ def build_surrogate(arch: str, width: int, layout: str = SM_LAYOUT, norm: str = 
     0.00); the pix2pix layout reached 0.10 at width 8 (ResNet-16: 0.61) and 0.98 at width 16.
     Those probes scored the test patches; the held-out tuning chapter chooses LAYOUT and NORM of the
     ResNets again (RESNET_LAYOUTS, RESNET_NORMS) as a thief would, by copy quality on validation
-    (wm.tuning). Only the ResNets have a LAYOUT and NORM to choose: another ARCH refuses any but the
-    defaults."""
+    (wm.tuning): over 3 seeds and both ResNets at width 16, pix2pix's layout with BatchNorm copies at
+    27.97 dB, full resolution with BatchNorm 27.08, with InstanceNorm 24.39, pix2pix's layout with
+    InstanceNorm 23.39; the defaults are that pick. Only the ResNets have a LAYOUT and NORM to
+    choose: another ARCH refuses any but the defaults."""
     _check_choice(layout, RESNET_LAYOUTS, "surrogate layout")
     _check_choice(norm, RESNET_NORMS, "surrogate norm")
     is_resnet = arch in ("resnet9", "resnet16")

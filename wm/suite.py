@@ -112,7 +112,10 @@ class Config(StudyConfig):
     and the service's outputs for them (surrogate). 1500, half the image study's thief: with 600 (the
     first cpu run) the U-Net surrogate's outputs lay 1.7 dB below the service's PSNR and carried no
     logo on any of 3 seeds (success rate 0.00); probes (seed 0) at 1500 and 2000 gave 0.99, so a
-    thief's data budget decides this row, and the suite gives its thief the larger one."""
+    thief's data budget decides this row, and the suite gives its thief the larger one. Those probes
+    read the test pairs; chosen again as a thief would on a validation photo (wm.tuning, part
+    `thief`), the copy keeps improving up to 3000 pairs, so 1500 is a runtime-bounded thief, weaker
+    than the rule's."""
     n_test_pairs: int = param(120, ge=1, le=MAX_PAIRS)
     """Test pairs: PSNR against the ground truth and the detectors."""
     m_epochs: float = param(6, gt=0, le=MAX_EPOCHS)
