@@ -68,6 +68,9 @@ def test_the_thiefs_budget_rule_stops_where_more_pairs_no_longer_improve_the_cop
     assert tuning.choose_budget(t, db=0.05) == 3000
     # the counter-example: where the copy stops improving at 600, the thief stops there, whatever R finds
     assert tuning.choose_budget(t.assign(psnr=28.5)) == 600
+    # within the tolerance of the best, not of the next budget: a plateau then a jump goes to the jump
+    plateau = t.assign(psnr=t.n_attacker_pairs.map({600: 27.0, 1500: 27.1, 3000: 30.0}))
+    assert tuning.choose_budget(plateau) == 3000
 
 
 def test_the_layout_part_takes_resnets_only():
@@ -104,6 +107,13 @@ def test_a_one_seed_run_repeats_its_seed_and_never_reads_the_test_split(seed_run
         return real_photos(split)
 
     monkeypatch.setattr(tuning.data, "photos", no_test_photos)
+    drawn, real_pairs = [], tuning.ip.make_pairs
+
+    def recorded_pairs(photos, n, *args, **kwargs):
+        drawn.append((list(photos), n))
+        return real_pairs(photos, n, *args, **kwargs)
+
+    monkeypatch.setattr(tuning.ip, "make_pairs", recorded_pairs)
     both = seed_runs("tuning", tuning.Config, tuning.run_seed)
     t = tuning.tables(both)
     assert sorted(t.lr.lr.unique()) == [0.1, 0.2] and len(t.lr) == 4
@@ -118,10 +128,21 @@ def test_a_one_seed_run_repeats_its_seed_and_never_reads_the_test_split(seed_run
     # the layout part trains the same service on the same pairs and seeds: its pix2pix/BatchNorm surrogate
     # at the chapter's width is the width part's surrogate at that width
     width = tuning.Config.from_profile("smoke").ip().sm_width
-    if width in set(t.sm_width.sm_width):
-        a = t.sm_layout[(t.sm_layout.layout == "pix2pix") & (t.sm_layout.norm == "batch")].set_index("seed").psnr
-        b = t.sm_width[t.sm_width.sm_width == width].set_index("seed").psnr
-        pd.testing.assert_series_equal(a, b, check_names=False)
+    assert width in set(t.sm_width.sm_width)  # the smoke grid holds the chapter's width, so this check runs
+    a = t.sm_layout[(t.sm_layout.layout == "pix2pix") & (t.sm_layout.norm == "batch")].set_index("seed").psnr
+    b = t.sm_width[t.sm_width.sm_width == width].set_index("seed").psnr
+    pd.testing.assert_series_equal(a, b, check_names=False)
+    # which photos every part drew its pairs from: validation pairs from a held-out photo only, training
+    # pairs from the owner's or the thief's other photos, never from a held-out one
+    owner, thief = tuning.ip.split_photos(real_photos("train"))
+    same = lambda a, b: len(a) == len(b) and all(x is y or (x.shape == y.shape and (x == y).all()) for x, y in zip(a, b))  # noqa: E731
+    n_val = tuning.Config.from_profile("smoke").ip_n_val
+    for photos, n in drawn:
+        if len(photos) == 1:
+            assert n == n_val and (same(photos, owner[-1:]) or same(photos, thief[-1:]))
+        else:
+            assert same(photos, owner[:-1]) or same(photos, thief[:-1])
+    assert any(same(p, thief[:-1]) for p, _ in drawn) and any(same(p, owner[:-1]) for p, _ in drawn)
     # the shared recipe (fraction_lr, share 0.25) is one model: its rows agree in both grids
     lr = tuning.Config.from_profile("smoke").fraction_lr
     assert lr in t.lr.lr.unique()

@@ -362,7 +362,10 @@ def run_thief(cfg: Config, s: int, results, device) -> dict[str, float]:
     suite's budget on the owner's photos but the last, then the suite's own surrogate attack
     (wm.attacks, at the suite's surrogate epochs) on the first n of the thief's pairs from its
     photos but the last, for every n of cfg.thief_pairs; scored by how well each copy matches the
-    service on the thief's last photo, and (reported, not used by the rule) R's success on it."""
+    service on the thief's last photo, and (reported, not used by the rule) R's success on it.
+    As in the suite, the surrogate trains for a number of epochs, so a larger budget also trains
+    for more steps. R is the stage-1 extractor (the `cpu` suite's; where the suite's budget sets
+    stage2, as `gpu` does, the suite's R is fine-tuned further and this column is not its R's)."""
     from wm import attacks
     c = suite_recipe(cfg, s, device)
     epochs = max(cfg.suite().surrogate_epochs)  # the suite's strongest surrogate
