@@ -82,13 +82,16 @@ def test_a_chapter_split_by_part_takes_several_sweeps_that_cover_every_part_of_e
     cfg = tuning.Config.from_profile("smoke", seeds=2)
     old = _tuning_sweep(tmp_path / "old", [0, 1])  # before `parts`: ne and image
     new = _tuning_sweep(tmp_path / "new", [0, 1], parts="suite")
+    newer = _tuning_sweep(tmp_path / "newer", [0, 1], parts="layout,thief")  # parts added later still
     results = Results("tuning", "smoke", cfg.as_dict())
-    runs = report.show_sweep(results, "tuning", cfg, f"{old}+{new}")
-    assert len(results.rows) == 4 and sorted(runs.parts) == ["ne,image", "ne,image", "suite", "suite"]
-    assert "parts=suite" in results.provenance["parameters"]["build"][-1]["parameters"]
-    for merged, match in ((old, "every part"),  # the suite part is missing
-                          (f"{old}+{new}+{_tuning_sweep(tmp_path / 'again', [1], parts='suite')}", "every part"),  # twice
-                          (f"{old}+{_tuning_sweep(tmp_path / 'other', [0, 1], parts='suite', fixed={'ip_n_val': '9'})}",
+    runs = report.show_sweep(results, "tuning", cfg, f"{old}+{new}+{newer}")
+    assert len(results.rows) == 6
+    assert sorted(runs.parts) == ["layout,thief", "layout,thief", "ne,image", "ne,image", "suite", "suite"]
+    assert "parts=layout,thief" in results.provenance["parameters"]["build"][-1]["parameters"]
+    for merged, match in ((f"{old}+{newer}", "every part"),  # the suite part is missing
+                          (f"{old}+{new}+{newer}+{_tuning_sweep(tmp_path / 'again', [1], parts='suite')}",
+                           "every part"),  # twice
+                          (f"{old}+{newer}+{_tuning_sweep(tmp_path / 'other', [0, 1], parts='suite', fixed={'ip_n_val': '9'})}",
                            "ip_n_val")):
         with pytest.raises(ValueError, match=match):
             report.show_sweep(Results("tuning", "smoke", cfg.as_dict()), "tuning", cfg, merged)

@@ -167,8 +167,8 @@ class Config(StudyConfig):
         return suite.Config.from_profile(self.profile, **parse_budget(self.suite_budget, "suite_budget"))
 
     def validate(self) -> None:
-        if isinstance(self.parts, str):  # one part, as a sweep's grid gives it (--grid parts=ne,image,suite)
-            self.parts = (self.parts,)
+        if isinstance(self.parts, str):  # one part as a sweep's grid gives it (--grid parts=ne,image,suite),
+            self.parts = tuple(self.parts.split(","))  # or several as one text ("layout,thief")
         super().validate()
 
     def check(self) -> None:
