@@ -33,6 +33,9 @@ but the last, scored by how well it copies the service on that last one.
 A run may do some parts only (`parts`: ne, image, suite, layout, thief), so that a sweep splits the
 long runs (`--grid seed=0,1,2 --grid parts=ne,image,suite,layout,thief`); the chapter's view needs
 every part of every seed.
+
+This module holds the Config, the null-embedding part, the tables and the rules; the image parts'
+training (image, suite, layout, thief) is in wm.tuning_image.
 """
 
 from __future__ import annotations
@@ -50,17 +53,11 @@ from wm.config import FASHION_TRAIN, MAX_PAIRS, MAX_SEED, MAX_SEEDS, StudyConfig
 from wm.progress import Laps
 from wm.report import by_metric, interval, record
 from wm.train import evaluate
+from wm.tuning_image import (LAYOUT, SUITE_WEIGHT, THIEF, VALIDATION, WEIGHT, WIDTH, run_image,  # noqa: F401 (re-exported)
+                             run_layout, run_suite_image, run_thief, suite_recipe)
 
 LR, FRACTION = "tune lr", "tune stamp_fraction"
 """The experiments of the table: null embedding's learning rate and stamp share."""
-WEIGHT, WIDTH = "tune w_basic", "tune sm_width"
-"""... and the image study's invisibility weight (the owner's) and surrogate width (the thief's)."""
-SUITE_WEIGHT = "tune suite w_basic"
-"""... and the attack suite's image-service weight, at the suite's smaller budget."""
-LAYOUT = "tune sm_layout"
-"""... and the ResNet surrogates' layout and norm (the thief's choice, like the width)."""
-THIEF = "tune suite n_attacker_pairs"
-"""... and the attack suite's thief's data budget (the thief's choice)."""
 PARTS = ("ne", "image", "suite", "layout", "thief")
 """What a run may do: null embedding's candidates, the image chapter's, the suite's weight, the
 surrogates' layout and norm, the suite thief's budget."""
@@ -73,9 +70,6 @@ WORKS, SILENT = 0.9, 0.05
 """The w_basic rule's constraints: R finds the logo in at least 0.9 of the validation B′ and in at
 most 0.05 of the validation clean outputs B."""
 METHOD = "null_embedding"
-VALIDATION = "validation"
-"""Every accuracy in this table is measured on the validation split (metric test_acc, as in
-WaterMAS's validation rows); `case` names the candidate and the split."""
 FIDELITY_POINTS = 1.0
 """The stamp-share rule's tolerance: a larger share (more passes per step) is worth it only where
 it gains more than this many points of validation accuracy or acc_null."""
@@ -233,161 +227,6 @@ def run_ne(cfg: Config, s: int, results, device) -> dict[str, float]:
     for fraction in cfg.ne_fractions:
         measure(FRACTION, f"stamp_fraction={fraction:g} ({VALIDATION})", cfg.fraction_lr, fraction)
     lap("stamp share")
-    return lap.seconds
-
-
-def run_image(cfg: Config, s: int, results, device) -> dict[str, float]:
-    """The image study's candidates for seed S: M, then stage 1 at every w_basic on the owner's
-    photos but the last, scored on patches of that last one; then, on the service at
-    cfg.service_w_basic, the thief's surrogates at every width on the thief's photos but the last,
-    scored by how well they copy the service on patches of that last one."""
-    c = dataclasses.replace(cfg.ip(), seed=s)
-    own, own_val = owner_pairs(c, cfg, s, device)
-    lap = Laps()
-
-    m_net, _ = ip.train_target(c, own, seed=s)
-    marks = weight_grid(c, cfg.ip_weights, m_net, own, own_val, WEIGHT, s, results, device)
-    lap("w_basic")
-    candidates = [(f"sm_width={width:g}", dict(width=width)) for width in cfg.ip_widths]
-    thief_copies(c, cfg, s, m_net, service_of(c, cfg, s, m_net, own, marks, device), WIDTH, candidates, results, device)
-    lap("surrogate width")
-    return lap.seconds
-
-
-def run_layout(cfg: Config, s: int, results, device) -> dict[str, float]:
-    """The ResNet surrogates' layout and norm for seed S: M and the service at cfg.service_w_basic,
-    trained as in `run_image` (the same pairs and seeds), then the thief's surrogates in every layout
-    with every norm at the image chapter's width, scored as `run_image` scores the widths."""
-    c = dataclasses.replace(cfg.ip(), seed=s)
-    own, _ = owner_pairs(c, cfg, s, device)
-    lap = Laps()
-    m_net, _ = ip.train_target(c, own, seed=s)
-    service = service_of(c, cfg, s, m_net, own, {}, device)
-    lap("service")
-    candidates = [(f"layout={layout}, norm={norm}", dict(width=c.sm_width, layout=layout, norm=norm))
-                  for layout in cfg.ip_layouts for norm in cfg.ip_norms]
-    thief_copies(c, cfg, s, m_net, service, LAYOUT, candidates, results, device)
-    lap("surrogate layout")
-    return lap.seconds
-
-
-def owner_pairs(c: ip.Config, cfg: Config, s: int, device) -> tuple[ip.Pairs, ip.Pairs]:
-    """Seed S's owner's pairs from the owner's photos but the last, and cfg.ip_n_val validation
-    pairs from that last photo."""
-    owner_photos, _ = ip.split_photos(data.photos("train"))
-    return (ip.make_pairs(owner_photos[:-1], c.n_owner, c.size, s, c.rain, device),
-            ip.make_pairs(owner_photos[-1:], cfg.ip_n_val, c.size, s + 3, c.rain, device))
-
-
-def service_of(c: ip.Config, cfg: Config, s: int, m_net, own: ip.Pairs, marks: dict, device) -> ip.DeepWatermark:
-    """The service the thief copies: the mark at cfg.service_w_basic, taken from MARKS where it is
-    a weight candidate, else trained here on the owner's pairs OWN as `weight_grid` trains one."""
-    if cfg.service_w_basic in marks:
-        return marks[cfg.service_w_basic]
-    cs = dataclasses.replace(c, w_basic=cfg.service_w_basic)
-    service = ip.new_watermark(cs, device)
-    ip.train_stage1(cs, service, own.a, ip.deliver(ip.apply(m_net, own.a)), seed=s)
-    return service
-
-
-def thief_copies(c: ip.Config, cfg: Config, s: int, m_net, service: ip.DeepWatermark, experiment: str,
-                 candidates: list[tuple[str, dict]], results, device) -> None:
-    """The thief's surrogates of every architecture of cfg.ip_archs for every (case, settings) of
-    CANDIDATES (settings: width, and a ResNet's layout and norm), trained with L2 on what SERVICE
-    returns for the thief's photos but the last and scored by how well they copy it on patches of
-    that last one (rows of EXPERIMENT). The logo plays no part."""
-    _, attacker_photos = ip.split_photos(data.photos("train"))
-    att = ip.make_pairs(attacker_photos[:-1], c.n_attacker, c.size, s + 1, c.rain, device)
-    att_val = ip.make_pairs(attacker_photos[-1:], cfg.ip_n_val, c.size, s + 4, c.rain, device)
-    delivered = service.embed(ip.deliver(ip.apply(m_net, att.a)))
-    reference = service.embed(ip.deliver(ip.apply(m_net, att_val.a)))  # what the service returns the thief
-    for i, arch in enumerate(cfg.ip_archs):
-        for case, settings in candidates:
-            build = {k: v for k, v in settings.items() if k != "width"}
-            net, _ = ip.train_surrogate(dataclasses.replace(c, sm_width=settings["width"]), arch, "l2", att.a,
-                                        delivered, seed=s + 100 + i, **build)
-            copy = ip.deliver(ip.apply(net, att_val.a))
-            record(results, "none", arch, experiment, ip.image_quality(copy, reference), seed=s,
-                   case=f"{case} ({VALIDATION})")
-
-
-def weight_grid(c: ip.Config, weights, m_net, own: ip.Pairs, own_val: ip.Pairs, experiment: str, s: int, results,
-                device) -> dict[float, ip.DeepWatermark]:
-    """Stage 1 of recipe C at every weight on the owner's pairs OWN (M's outputs for them), scored on
-    the held-out OWN_VAL: B′ against B, and R's success on the marked and on the clean validation
-    outputs (rows of EXPERIMENT). Returns the trained marks by weight."""
-    b, b_val = (ip.deliver(ip.apply(m_net, p.a)) for p in (own, own_val))
-    marks = {}
-    for w in weights:
-        cw = dataclasses.replace(c, w_basic=w)
-        wmk = ip.new_watermark(cw, device)
-        ip.train_stage1(cw, wmk, own.a, b, seed=s)
-        marked = wmk.embed(b_val)
-        case = f"w_basic={w:g} ({VALIDATION})"
-        record(results, "deep", "unet", experiment, {**ip.image_quality(marked, b_val),
-                                                     "success_rate": ip.verify(wmk, marked, c.tau).success_rate},
-               seed=s, case=case)
-        record(results, "none", "clean_output", experiment,
-               {"success_rate": ip.verify(wmk, b_val, c.tau).success_rate}, seed=s, case=case)
-        marks[w] = wmk
-    return marks
-
-
-def suite_recipe(cfg: Config, s: int, device) -> ip.Config:
-    """The image recipe of the attack suite's services at this profile, for seed S: the image
-    chapter's networks and loss weights at the suite's budget (wm.methods._setups.image_config)."""
-    from wm.methods import Setup
-    from wm.methods._setups import image_config
-    budget = dict(cfg.suite().budget("image-service"), profile=cfg.profile)
-    return image_config(Setup(s, device, budget))
-
-
-def run_suite_image(cfg: Config, s: int, results, device) -> dict[str, float]:
-    """The suite's weight for seed S: M and stage 1 at the suite's budget, trained on the owner's
-    photos but the last (the suite's n_owner pairs from them) and scored on patches of that last one,
-    as `run_image` scores the chapter's weights."""
-    c = suite_recipe(cfg, s, device)
-    owner_photos, _ = ip.split_photos(data.photos("train"))
-    own = ip.make_pairs(owner_photos[:-1], c.n_owner, c.size, s, c.rain, device)
-    own_val = ip.make_pairs(owner_photos[-1:], cfg.ip_n_val, c.size, s + 3, c.rain, device)
-    lap = Laps()
-    m_net, _ = ip.train_target(c, own, seed=s)
-    weight_grid(c, cfg.suite_weights, m_net, own, own_val, SUITE_WEIGHT, s, results, device)
-    lap("suite w_basic")
-    return lap.seconds
-
-
-def run_thief(cfg: Config, s: int, results, device) -> dict[str, float]:
-    """The suite thief's budget for seed S: M and the suite's deep service (its w_basic) at the
-    suite's budget on the owner's photos but the last, then the suite's own surrogate attack
-    (wm.attacks, at the suite's surrogate epochs) on the first n of the thief's pairs from its
-    photos but the last, for every n of cfg.thief_pairs; scored by how well each copy matches the
-    service on the thief's last photo, and (reported, not used by the rule) R's success on it.
-    As in the suite, the surrogate trains for a number of epochs, so a larger budget also trains
-    for more steps. R is the stage-1 extractor (the `cpu` suite's; where the suite's budget sets
-    stage2, as `gpu` does, the suite's R is fine-tuned further and this column is not its R's)."""
-    from wm import attacks
-    c = suite_recipe(cfg, s, device)
-    epochs = max(cfg.suite().surrogate_epochs)  # the suite's strongest surrogate
-    owner_photos, attacker_photos = ip.split_photos(data.photos("train"))
-    own = ip.make_pairs(owner_photos[:-1], c.n_owner, c.size, s, c.rain, device)
-    att = ip.make_pairs(attacker_photos[:-1], max(cfg.thief_pairs), c.size, s + 1, c.rain, device)
-    att_val = ip.make_pairs(attacker_photos[-1:], cfg.ip_n_val, c.size, s + 4, c.rain, device)
-    lap = Laps()
-    m_net, _ = ip.train_target(c, own, seed=s)
-    wmk = ip.new_watermark(c, device)
-    ip.train_stage1(c, wmk, own.a, ip.deliver(ip.apply(m_net, own.a)), seed=s)
-    service = ip.Service(m_net, wmk.h, wmk.delta).eval()
-    reference = ip.deliver(ip.apply(service, att_val.a))  # what the service returns the thief
-    lap("service")
-    for n in cfg.thief_pairs:
-        thief = SimpleNamespace(seed=s, data={"att": ip.Pairs(a=att.a[:n], clean=att.clean[:n])})
-        net = attacks.REGISTRY["surrogate"].run(service, epochs, thief, "image-service")
-        copy = ip.deliver(ip.apply(net, att_val.a))
-        record(results, "none", "unet", THIEF, {**ip.image_quality(copy, reference),
-                                                "success_rate": ip.verify(wmk, copy, c.tau).success_rate},
-               seed=s, case=f"n_attacker_pairs={n} ({VALIDATION})")
-    lap("thief budget")
     return lap.seconds
 
 
